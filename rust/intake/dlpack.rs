@@ -1,0 +1,194 @@
+//! DLPack (`__dlpack__` / `__dlpack_device__`): torch tensors of every dtype, bfloat16 included.
+//!
+//! The capsule is kept, unrenamed, for as long as the data is read: when it is dropped, the
+//! producer's capsule destructor sees a capsule nobody consumed and calls the deleter itself.
+
+use super::{Borrowed, Keepalive};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use std::ffi::{c_void, CStr};
+
+#[repr(C)]
+struct DLDevice {
+    device_type: i32,
+    device_id: i32,
+}
+
+#[repr(C)]
+struct DLDataType {
+    code: u8,
+    bits: u8,
+    lanes: u16,
+}
+
+#[repr(C)]
+struct DLTensor {
+    data: *mut c_void,
+    device: DLDevice,
+    ndim: i32,
+    dtype: DLDataType,
+    shape: *mut i64,
+    strides: *mut i64,
+    byte_offset: u64,
+}
+
+#[repr(C)]
+struct DLManagedTensor {
+    dl_tensor: DLTensor,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+#[repr(C)]
+struct DLManagedTensorVersioned {
+    version: [u32; 2],
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensorVersioned)>,
+    flags: u64,
+    dl_tensor: DLTensor,
+}
+
+const KDL_CPU: i32 = 1;
+const KDL_CUDA_HOST: i32 = 3;
+const KDL_ROCM_HOST: i32 = 11;
+
+fn device_name(t: i32) -> &'static str {
+    match t {
+        2 => "CUDA",
+        4 => "OpenCL",
+        7 => "Vulkan",
+        8 => "Metal",
+        10 => "ROCm",
+        13 => "CUDA managed",
+        14 => "oneAPI",
+        _ => "non-CPU",
+    }
+}
+
+fn dtype_of(dt: &DLDataType) -> Result<DType> {
+    if dt.lanes != 1 {
+        return Err(Error::Dtype(format!("vector dtypes ({} lanes) are not supported", dt.lanes)));
+    }
+    let bytes = dt.bits as usize / 8;
+    match dt.code {
+        0 => DType::from_kind('i', bytes),
+        1 => DType::from_kind('u', bytes),
+        2 => DType::from_kind('f', bytes),
+        4 => DType::from_kind('B', bytes),
+        6 => DType::from_kind('b', bytes),
+        5 => Err(Error::Dtype(format!(
+            "complex{} tensors are not supported: pass x.real, x.imag or x.abs()",
+            dt.bits
+        ))),
+        c => Err(Error::Dtype(format!(
+            "DLPack type code {c} ({} bits; float8 or another exotic type) is not supported: convert with x.float()",
+            dt.bits
+        ))),
+    }
+}
+
+fn describe(obj: &Bound<'_, PyAny>) -> String {
+    let name = super::type_name(obj);
+    let extra = ["dtype", "device", "layout"]
+        .iter()
+        .filter_map(|a| obj.getattr(*a).ok().and_then(|v| v.str().ok()).map(|s| format!("{a}={s}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if extra.is_empty() { name } else { format!("{name}({extra})") }
+}
+
+pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
+    let py = obj.py();
+    let device = obj
+        .call_method0(intern!(py, "__dlpack_device__"))
+        .and_then(|d| d.extract::<(i32, i32)>());
+    match device {
+        Ok((t, _)) if t == KDL_CPU || t == KDL_CUDA_HOST || t == KDL_ROCM_HOST => {}
+        Ok((t, id)) => {
+            return Err(Error::Device(format!(
+                "{} lives on a {} device ({id}); nnprobe.stats reads host memory: pass x.cpu(), or \
+                 let watch() reduce it on the device (device_stats=\"auto\")",
+                describe(obj),
+                device_name(t)
+            )))
+        }
+        Err(e) => {
+            return Err(Error::Device(format!(
+                "cannot locate the memory of {} ({e}); meta tensors have no data, pass a real tensor",
+                describe(obj)
+            )))
+        }
+    }
+    // DLPack refuses tensors that require grad; reading them needs no graph.
+    let mut obj = obj.clone();
+    if obj.getattr(intern!(py, "requires_grad")).and_then(|r| r.is_truthy()).unwrap_or(false) {
+        if let Ok(d) = obj.call_method0(intern!(py, "detach")) {
+            obj = d;
+        }
+    }
+    let capsule = obj.call_method0(intern!(py, "__dlpack__")).map_err(|e| {
+        let sparse = obj.getattr("is_sparse").and_then(|v| v.is_truthy()).unwrap_or(false)
+            || obj.getattr("layout").and_then(|v| v.str()).map(|s| s.to_string() != "torch.strided").unwrap_or(false);
+        let hint = if sparse { "sparse tensors have no strided data: pass x.to_dense()" } else { "pass x.detach().cpu().contiguous()" };
+        Error::Input(format!("{} could not be exported through DLPack ({e}); {hint}", describe(&obj)))
+    })?;
+    // SAFETY: capsule is a live object; PyCapsule_GetName returns its name or null.
+    let name_ptr = unsafe { ffi::PyCapsule_GetName(capsule.as_ptr()) };
+    if name_ptr.is_null() {
+        unsafe { ffi::PyErr_Clear() };
+        return Err(Error::Input(format!("__dlpack__ of {} did not return a capsule", describe(&obj))));
+    }
+    // SAFETY: a non-null capsule name is a NUL-terminated string.
+    let name = unsafe { CStr::from_ptr(name_ptr) }.to_owned();
+    // SAFETY: the name was just read from this capsule, so GetPointer succeeds and returns the
+    // struct the DLPack standard puts behind that name.
+    let tensor: &DLTensor = unsafe {
+        let p = ffi::PyCapsule_GetPointer(capsule.as_ptr(), name.as_ptr());
+        if p.is_null() {
+            ffi::PyErr_Clear();
+            return Err(Error::Input("DLPack capsule holds a null pointer".into()));
+        }
+        match name.to_bytes() {
+            b"dltensor" => &(*(p as *const DLManagedTensor)).dl_tensor,
+            b"dltensor_versioned" => &(*(p as *const DLManagedTensorVersioned)).dl_tensor,
+            other => {
+                return Err(Error::Input(format!(
+                    "a capsule named {:?} is not a DLPack tensor",
+                    String::from_utf8_lossy(other)
+                )))
+            }
+        }
+    };
+    let dtype = dtype_of(&tensor.dtype)?;
+    let ndim = usize::try_from(tensor.ndim).map_err(|_| Error::Input("negative ndim in DLPack tensor".into()))?;
+    // SAFETY: DLPack guarantees `ndim` entries behind shape, and behind strides unless null.
+    let (shape_i, strides): (Vec<i64>, Option<Vec<i64>>) = unsafe {
+        if ndim == 0 {
+            (vec![], Some(vec![]))
+        } else {
+            let shape = std::slice::from_raw_parts(tensor.shape, ndim).to_vec();
+            let strides = (!tensor.strides.is_null()).then(|| std::slice::from_raw_parts(tensor.strides, ndim).to_vec());
+            (shape, strides)
+        }
+    };
+    let shape: Vec<usize> = shape_i
+        .iter()
+        .map(|&n| usize::try_from(n).map_err(|_| Error::Layout(format!("negative size in shape {shape_i:?}"))))
+        .collect::<Result<_>>()?;
+    let strides_elems: Vec<isize> = match strides {
+        Some(s) => s.into_iter().map(|v| v as isize).collect(),
+        None => {
+            // null strides: compact row-major (DLPack < 1.0)
+            let mut s = vec![1isize; ndim];
+            for d in (0..ndim.saturating_sub(1)).rev() {
+                s[d] = s[d + 1] * shape[d + 1].max(1) as isize;
+            }
+            s
+        }
+    };
+    let ptr = (tensor.data as *const u8).wrapping_add(tensor.byte_offset as usize);
+    Ok(Borrowed { _keep: Keepalive::Capsule(capsule.unbind()), ptr, dtype, shape, strides_elems })
+}

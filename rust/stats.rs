@@ -1,0 +1,567 @@
+//! The fused one-pass statistics kernel and its merge.
+//!
+//! A tensor is read once, in memory order, in blocks of `BLOCK` elements. Each block is summed
+//! first on the assumption that every value is finite (no per-element branch); a non-finite value
+//! makes the block's sums non-finite, and only such a block is read again, carefully, from L1.
+//! Sums are kept in f64 relative to the block's first value and blocks are combined with Chan's
+//! parallel update, so the mean and std stay accurate (about 1e-13 relative on float32 input)
+//! even when the mean is far larger than the spread, and float32 values near 3e38 cannot overflow.
+
+use crate::dtype::{Element, BF16, F16};
+use crate::pool;
+use crate::view::TensorView;
+use crate::with_dtype;
+
+pub const BLOCK: usize = 2048;
+/// Elements per parallel task: big enough to amortise scheduling, small enough to balance.
+pub const TASK: usize = 1 << 20;
+pub const HIST_BINS: usize = 64;
+/// Bin i of the histogram counts finite non-zero x with floor(log2|x|) == HIST_LO + i; values
+/// below 2^HIST_LO land in bin 0 and values at or above 2^(HIST_LO + 64) in bin 63.
+pub const HIST_LO: i32 = -48;
+/// Per-block scratch histogram: four interleaved copies (independent increments) of 64 bins plus
+/// a bin that swallows zeros and non-finite values.
+pub type HistScratch = [[u32; HIST_BINS + 1]; 4];
+
+/// Sums over one block whose values are all finite, relative to `shift`.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSums {
+    pub n: u64,
+    pub shift: f64,
+    pub sum: f64,
+    pub sumsq: f64,
+    pub abs_sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub zeros: u64,
+}
+
+impl BlockSums {
+    fn is_finite(&self) -> bool {
+        (self.sum + self.sumsq + self.abs_sum).is_finite()
+    }
+}
+
+/// Running statistics of everything read so far; merged across blocks, tasks and ranks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub count: u64,
+    pub nan: u64,
+    pub inf: u64,
+    pub zeros: u64,
+    pub finite: u64,
+    pub mean: f64,
+    /// Sum of squared deviations from the mean (finite values).
+    pub m2: f64,
+    pub abs_sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub hist: Option<Vec<u64>>,
+}
+
+/// The figures a user reads; all but the counts are over finite values only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub count: u64,
+    pub nan: u64,
+    pub inf: u64,
+    pub zeros: u64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub std: f64,
+    pub l2: f64,
+    pub absmax: f64,
+    pub absmean: f64,
+}
+
+impl Stats {
+    pub fn new(hist: bool) -> Stats {
+        Stats {
+            count: 0,
+            nan: 0,
+            inf: 0,
+            zeros: 0,
+            finite: 0,
+            mean: 0.0,
+            m2: 0.0,
+            abs_sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            hist: hist.then(|| vec![0; HIST_BINS]),
+        }
+    }
+
+    fn add_moments(&mut self, n: u64, mean: f64, m2: f64) {
+        if n == 0 {
+            return;
+        }
+        let total = self.finite + n;
+        let delta = mean - self.mean;
+        let (na, nb, nt) = (self.finite as f64, n as f64, total as f64);
+        self.mean += delta * (nb / nt);
+        self.m2 += m2 + delta * delta * (na * nb / nt);
+        self.finite = total;
+    }
+
+    pub fn add_block(&mut self, b: &BlockSums) {
+        self.count += b.n;
+        self.zeros += b.zeros;
+        self.abs_sum += b.abs_sum;
+        self.min = self.min.min(b.min);
+        self.max = self.max.max(b.max);
+        if b.n > 0 {
+            let n = b.n as f64;
+            let d = b.sum / n;
+            self.add_moments(b.n, b.shift + d, (b.sumsq - b.sum * d).max(0.0));
+        }
+    }
+
+    /// Combines two disjoint parts (Chan et al.'s pairwise update).
+    pub fn merge(mut self, other: Stats) -> Stats {
+        self.count += other.count;
+        self.nan += other.nan;
+        self.inf += other.inf;
+        self.zeros += other.zeros;
+        self.abs_sum += other.abs_sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.add_moments(other.finite, other.mean, other.m2);
+        if let (Some(a), Some(b)) = (self.hist.as_mut(), other.hist.as_ref()) {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        }
+        self
+    }
+
+    /// The statistics of every element repeated `k` times (stride-0 axes).
+    pub fn repeated(mut self, k: u64) -> Stats {
+        if k != 1 {
+            for c in [&mut self.count, &mut self.nan, &mut self.inf, &mut self.zeros, &mut self.finite] {
+                *c *= k;
+            }
+            self.m2 *= k as f64;
+            self.abs_sum *= k as f64;
+            if let Some(h) = self.hist.as_mut() {
+                h.iter_mut().for_each(|c| *c *= k);
+            }
+        }
+        self
+    }
+
+    pub fn summary(&self) -> Summary {
+        let n = self.finite as f64;
+        let any = self.finite > 0;
+        let nan_unless = |v: f64| if any { v } else { f64::NAN };
+        Summary {
+            count: self.count,
+            nan: self.nan,
+            inf: self.inf,
+            zeros: self.zeros,
+            min: nan_unless(self.min),
+            max: nan_unless(self.max),
+            mean: nan_unless(self.mean),
+            std: nan_unless((self.m2 / n).sqrt()),
+            l2: if any { (self.m2 + n * self.mean * self.mean).sqrt() } else { 0.0 },
+            absmax: nan_unless(self.min.abs().max(self.max.abs())),
+            absmean: nan_unless(self.abs_sum / n),
+        }
+    }
+}
+
+/// Per-dtype block kernels; the float types with an x86 SIMD path override the generic ones.
+pub trait Kernel: Element {
+    fn block_fast(xs: &[Self]) -> BlockSums {
+        block_fast_generic(xs)
+    }
+    fn hist_block(xs: &[Self], h: &mut HistScratch) {
+        hist_generic(xs, h)
+    }
+}
+
+macro_rules! generic_kernel {
+    ($($t:ty),*) => {$( impl Kernel for $t {} )*};
+}
+generic_kernel!(f64, i8, i16, i32, i64, u8, u16, u32, u64, bool);
+
+macro_rules! simd_kernel {
+    ($t:ty, $block:ident, $hist:ident) => {
+        impl Kernel for $t {
+            fn block_fast(xs: &[Self]) -> BlockSums {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::available() {
+                    // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
+                    return unsafe { crate::simd::$block(xs) };
+                }
+                block_fast_generic(xs)
+            }
+            fn hist_block(xs: &[Self], h: &mut HistScratch) {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::available() {
+                    // SAFETY: as above.
+                    return unsafe { crate::simd::$hist(xs, h) };
+                }
+                hist_generic(xs, h)
+            }
+        }
+    };
+}
+simd_kernel!(f32, block_f32, hist_f32);
+simd_kernel!(BF16, block_bf16, hist_bf16);
+simd_kernel!(F16, block_f16, hist_f16);
+
+/// Eight independent lanes so the compiler can vectorise without reassociating floats.
+fn block_fast_generic<T: Element>(xs: &[T]) -> BlockSums {
+    const L: usize = 8;
+    let shift = xs.first().map_or(0.0, |x| x.to_f64());
+    let (mut s, mut ss, mut a) = ([0f64; L], [0f64; L], [0f64; L]);
+    let (mut mn, mut mx, mut z) = ([shift; L], [shift; L], [0u64; L]);
+    let chunks = xs.chunks_exact(L);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..L {
+            let v = c[j].to_f64();
+            let d = v - shift;
+            s[j] += d;
+            ss[j] += d * d;
+            a[j] += v.abs();
+            mn[j] = if v < mn[j] { v } else { mn[j] };
+            mx[j] = if v > mx[j] { v } else { mx[j] };
+            z[j] += (v == 0.0) as u64;
+        }
+    }
+    for (j, x) in rest.iter().enumerate() {
+        let v = x.to_f64();
+        let d = v - shift;
+        s[j] += d;
+        ss[j] += d * d;
+        a[j] += v.abs();
+        mn[j] = mn[j].min(v);
+        mx[j] = mx[j].max(v);
+        z[j] += (v == 0.0) as u64;
+    }
+    BlockSums {
+        n: xs.len() as u64,
+        shift,
+        sum: s.iter().sum(),
+        sumsq: ss.iter().sum(),
+        abs_sum: a.iter().sum(),
+        min: mn.iter().copied().fold(f64::INFINITY, f64::min),
+        max: mx.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        zeros: z.iter().sum(),
+    }
+}
+
+/// The slow path for a block holding NaN or Inf: classify every value.
+fn add_careful<T: Element>(st: &mut Stats, xs: &[T]) {
+    let Some(shift) = xs.iter().map(|x| x.to_f64()).find(|v| v.is_finite()) else {
+        for x in xs {
+            if x.to_f64().is_nan() {
+                st.nan += 1;
+            } else {
+                st.inf += 1;
+            }
+            st.count += 1;
+        }
+        return;
+    };
+    let mut b = BlockSums { n: 0, shift, sum: 0.0, sumsq: 0.0, abs_sum: 0.0, min: shift, max: shift, zeros: 0 };
+    for x in xs {
+        let v = x.to_f64();
+        if v.is_nan() {
+            st.nan += 1;
+            st.count += 1;
+        } else if v.is_infinite() {
+            st.inf += 1;
+            st.count += 1;
+        } else {
+            let d = v - shift;
+            b.n += 1;
+            b.sum += d;
+            b.sumsq += d * d;
+            b.abs_sum += v.abs();
+            b.min = b.min.min(v);
+            b.max = b.max.max(v);
+            b.zeros += (v == 0.0) as u64;
+        }
+    }
+    st.add_block(&b);
+}
+
+/// The histogram bin of a value, read from the exponent of its f64 form (exact for every float).
+#[inline(always)]
+pub fn hist_bin(v: f64) -> usize {
+    let bits = v.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i32;
+    if e == 0x7ff || (bits << 1) == 0 {
+        return HIST_BINS; // non-finite or zero: the discard bin
+    }
+    (e - 1023 - HIST_LO).clamp(0, HIST_BINS as i32 - 1) as usize
+}
+
+fn hist_generic<T: Element>(xs: &[T], h: &mut HistScratch) {
+    for (i, x) in xs.iter().enumerate() {
+        h[i & 3][hist_bin(x.to_f64())] += 1;
+    }
+}
+
+fn flush_hist(scratch: &mut HistScratch, out: &mut [u64]) {
+    for copy in scratch.iter_mut() {
+        for (o, c) in out.iter_mut().zip(copy.iter()) {
+            *o += *c as u64;
+        }
+        *copy = [0; HIST_BINS + 1];
+    }
+}
+
+/// Reads walk positions [start, end) of `view` into a fresh `Stats`.
+fn stats_range<T: Kernel>(view: &TensorView, start: usize, end: usize, hist: bool) -> Stats {
+    let walk = view.walk();
+    let mut st = Stats::new(hist);
+    let mut scratch: Box<HistScratch> = Box::new([[0; HIST_BINS + 1]; 4]);
+    let mut since_flush = 0usize;
+    let mut feed = |st: &mut Stats, xs: &[T]| {
+        let b = T::block_fast(xs);
+        if b.is_finite() {
+            st.add_block(&b);
+        } else {
+            add_careful(st, xs);
+        }
+        if let Some(out) = st.hist.as_mut() {
+            T::hist_block(xs, &mut scratch);
+            since_flush += xs.len();
+            if since_flush > (1 << 30) {
+                flush_hist(&mut scratch, out);
+                since_flush = 0;
+            }
+        }
+    };
+    let mut buf: Vec<T> = Vec::with_capacity(BLOCK);
+    walk.for_runs(start, end, |off, n, stride| {
+        let p = view.elem_ptr(off) as *const T;
+        if stride == 1 && n >= 64 && (p as usize) % std::mem::align_of::<T>() == 0 {
+            // SAFETY: the view's contract makes these n elements readable; p is aligned.
+            let run = unsafe { std::slice::from_raw_parts(p, n) };
+            run.chunks(BLOCK).for_each(|c| feed(&mut st, c));
+        } else {
+            for i in 0..n as isize {
+                // SAFETY: as above; the gather may be unaligned (NumPy allows it).
+                buf.push(unsafe { p.offset(i * stride).read_unaligned() });
+                if buf.len() == BLOCK {
+                    feed(&mut st, &buf);
+                    buf.clear();
+                }
+            }
+        }
+    });
+    if !buf.is_empty() {
+        feed(&mut st, &buf);
+    }
+    if let Some(out) = st.hist.as_mut() {
+        flush_hist(&mut scratch, out);
+    }
+    st
+}
+
+fn stats_typed<T: Kernel>(view: &TensorView, hist: bool) -> Stats {
+    let walk = view.walk();
+    let tasks = walk.len.div_ceil(TASK);
+    let st = pool::map_reduce(
+        tasks,
+        |t| stats_range::<T>(view, t * TASK, ((t + 1) * TASK).min(walk.len), hist),
+        Stats::merge,
+    );
+    st.unwrap_or_else(|| Stats::new(hist)).repeated(walk.repeat)
+}
+
+/// Statistics of every element of `view` (one pass; parallel above `TASK` elements).
+pub fn stats(view: &TensorView, hist: bool) -> Stats {
+    with_dtype!(view.dtype, T => stats_typed::<T>(view, hist))
+}
+
+/// Statistics of many tensors, in parallel across them (and within the big ones).
+pub fn stats_many(views: &[TensorView], hist: bool) -> Vec<Stats> {
+    pool::map_collect(views.len(), |i| stats(&views[i], hist))
+}
+
+/// The sum of a float32 buffer with nothing else: the read-bandwidth floor for the benchmarks.
+pub fn read_floor(xs: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::available() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        return unsafe { crate::simd::sum_f32(xs) };
+    }
+    xs.chunks(BLOCK).map(|c| c.iter().map(|&x| x as f64).sum::<f64>()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::BF16;
+    use crate::view::TensorView;
+
+    /// Two-pass float64 reference over a list of values.
+    fn reference(vals: &[f64]) -> Summary {
+        let fin: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
+        let n = fin.len() as f64;
+        let mean = fin.iter().sum::<f64>() / n;
+        let var = fin.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+        Summary {
+            count: vals.len() as u64,
+            nan: vals.iter().filter(|v| v.is_nan()).count() as u64,
+            inf: vals.iter().filter(|v| v.is_infinite()).count() as u64,
+            zeros: fin.iter().filter(|&&v| v == 0.0).count() as u64,
+            min: fin.iter().copied().fold(f64::INFINITY, f64::min),
+            max: fin.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            mean,
+            std: var.sqrt(),
+            l2: fin.iter().map(|v| v * v).sum::<f64>().sqrt(),
+            absmax: fin.iter().map(|v| v.abs()).fold(0.0, f64::max),
+            absmean: fin.iter().map(|v| v.abs()).sum::<f64>() / n,
+        }
+    }
+
+    fn close(a: f64, b: f64, rel: f64) -> bool {
+        (a - b).abs() <= rel * b.abs().max(1e-300) || (a.is_nan() && b.is_nan())
+    }
+
+    fn assert_matches(got: Summary, want: Summary) {
+        assert_eq!((got.count, got.nan, got.inf, got.zeros), (want.count, want.nan, want.inf, want.zeros));
+        assert_eq!(got.min, want.min);
+        assert_eq!(got.max, want.max);
+        assert_eq!(got.absmax, want.absmax);
+        for (g, w, name) in [(got.mean, want.mean, "mean"), (got.std, want.std, "std"), (got.l2, want.l2, "l2"), (got.absmean, want.absmean, "absmean")] {
+            assert!(close(g, w, 1e-9), "{name}: got {g}, want {w}");
+        }
+    }
+
+    /// A deterministic pseudo-random sequence (xorshift), so the tests need no crate.
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn float32_matches_float64_reference_across_blocks_and_tasks() {
+        for n in [1, 7, 8, 63, 64, 2047, 2048, 2049, 10_000, TASK + 123] {
+            let xs = noise(n, n as u64);
+            let got = stats(&TensorView::from_contiguous(&xs), false).summary();
+            assert_matches(got, reference(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>()));
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_and_excluded() {
+        let mut xs = noise(5000, 3);
+        xs[10] = f32::NAN;
+        xs[2100] = f32::INFINITY;
+        xs[4999] = f32::NEG_INFINITY;
+        xs[0] = 0.0;
+        let got = stats(&TensorView::from_contiguous(&xs), false).summary();
+        assert_matches(got, reference(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>()));
+        assert_eq!((got.nan, got.inf), (1, 2));
+    }
+
+    #[test]
+    fn all_nan_and_empty_give_nan_figures_without_panicking() {
+        let xs = [f32::NAN; 100];
+        let s = stats(&TensorView::from_contiguous(&xs), true).summary();
+        assert_eq!((s.count, s.nan), (100, 100));
+        assert!(s.mean.is_nan() && s.min.is_nan());
+        assert_eq!(s.l2, 0.0);
+        let empty: [f32; 0] = [];
+        let e = stats(&TensorView::from_contiguous(&empty), true).summary();
+        assert_eq!(e.count, 0);
+        assert!(e.std.is_nan());
+    }
+
+    #[test]
+    fn large_mean_small_spread_keeps_the_std() {
+        let xs: Vec<f32> = noise(100_000, 9).iter().map(|x| 1.0e4 + x * 1e-2).collect();
+        let got = stats(&TensorView::from_contiguous(&xs), false).summary();
+        let want = reference(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        assert!(close(got.std, want.std, 1e-9), "{} vs {}", got.std, want.std);
+    }
+
+    #[test]
+    fn values_near_float32_max_do_not_overflow() {
+        let xs = vec![3.0e38f32; 4096];
+        let s = stats(&TensorView::from_contiguous(&xs), false).summary();
+        assert!(close(s.l2, 3.0e38f32 as f64 * 64.0, 1e-12), "{}", s.l2);
+        assert_eq!(s.inf, 0);
+    }
+
+    #[test]
+    fn strided_and_negative_views_match_the_reference() {
+        let xs = noise(60, 5);
+        // rows of 6, every other column, reversed rows
+        let v = TensorView::from_slice(&xs, &[10, 3], &[-6, 2], 54).unwrap();
+        let mut vals = vec![];
+        for r in 0..10isize {
+            for c in 0..3isize {
+                vals.push(xs[(54 - 6 * r + 2 * c) as usize] as f64);
+            }
+        }
+        assert_matches(stats(&v, false).summary(), reference(&vals));
+    }
+
+    #[test]
+    fn stride_zero_counts_each_repeat() {
+        let xs = [1.0f32, 2.0, 4.0];
+        let v = TensorView::from_slice(&xs, &[5, 3], &[0, 1], 0).unwrap();
+        let vals: Vec<f64> = (0..5).flat_map(|_| xs.iter().map(|&x| x as f64)).collect();
+        assert_matches(stats(&v, false).summary(), reference(&vals));
+    }
+
+    #[test]
+    fn integer_and_bfloat16_inputs() {
+        let ints: Vec<i64> = (-500..500).collect();
+        let s = stats(&TensorView::from_contiguous(&ints), false).summary();
+        assert_matches(s, reference(&ints.iter().map(|&x| x as f64).collect::<Vec<_>>()));
+        let bf: Vec<BF16> = noise(3000, 11).iter().map(|&x| BF16::from_f32(x)).collect();
+        let s = stats(&TensorView::from_contiguous(&bf), false).summary();
+        assert_matches(s, reference(&bf.iter().map(|x| x.to_f32() as f64).collect::<Vec<_>>()));
+    }
+
+    #[test]
+    fn histogram_counts_log2_bins() {
+        let xs = [0.0f32, 1.0, 1.5, 2.0, -0.25, 1e-30, 1e30, f32::NAN, f32::INFINITY];
+        let s = stats(&TensorView::from_contiguous(&xs), true);
+        let h = s.hist.unwrap();
+        let bin = |e: i32| (e - HIST_LO) as usize;
+        assert_eq!(h[bin(0)], 2); // 1.0, 1.5
+        assert_eq!(h[bin(1)], 1); // 2.0
+        assert_eq!(h[bin(-2)], 1); // -0.25
+        assert_eq!(h[0], 1); // 1e-30 clamps low
+        assert_eq!(h[HIST_BINS - 1], 1); // 1e30 clamps high
+        assert_eq!(h.iter().sum::<u64>(), 6); // zero, NaN and Inf are not binned
+    }
+
+    #[test]
+    fn histogram_simd_and_generic_agree() {
+        let xs: Vec<f32> = noise(10_000, 21).iter().enumerate().map(|(i, x)| x * 10f32.powi((i % 20) as i32 - 10)).collect();
+        let mut a: HistScratch = [[0; HIST_BINS + 1]; 4];
+        let mut b: HistScratch = [[0; HIST_BINS + 1]; 4];
+        f32::hist_block(&xs, &mut a);
+        hist_generic(&xs, &mut b);
+        let total = |h: &HistScratch| (0..=HIST_BINS).map(|i| h.iter().map(|c| c[i]).sum::<u32>()).collect::<Vec<_>>();
+        assert_eq!(total(&a), total(&b));
+    }
+
+    #[test]
+    fn merge_is_the_same_as_one_pass() {
+        let xs = noise(9000, 17);
+        let whole = stats(&TensorView::from_contiguous(&xs), true);
+        let a = stats(&TensorView::from_contiguous(&xs[..3000]), true);
+        let b = stats(&TensorView::from_contiguous(&xs[3000..]), true);
+        let m = a.merge(b);
+        assert_eq!(m.hist, whole.hist);
+        assert!(close(m.summary().std, whole.summary().std, 1e-12));
+    }
+}
