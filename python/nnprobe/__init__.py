@@ -1,6 +1,7 @@
 """nnprobe: catches the mistakes that make neural-network training fail silently, while it runs."""
 
 from ._core import Layout, TensorStats
+from .findings import CATALOGUE, Finding, explain
 from .errors import DeviceError, DiagnosticError, DtypeError, InputError, LayoutError, NnprobeError
 from .primitives import (
     STATS_FIELDS,
@@ -15,7 +16,10 @@ from .primitives import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CATALOGUE",
     "STATS_FIELDS",
+    "Finding",
+    "explain",
     "DeviceError",
     "DiagnosticError",
     "DtypeError",

@@ -1,0 +1,332 @@
+"""`Finding`, the catalogue of finding codes behind `explain()`, and the report base class.
+
+Every code nnprobe can raise is listed here once, with its default severity, what it means, why
+it hurts, how to fix it, and where the check and its threshold come from. Checks add the measured
+numbers in each finding's message and `data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: str
+    message: str
+    module: str | None = None
+    step: int | None = None
+    hint: str = ""
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    count: int = field(default=1, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.code not in CATALOGUE:
+            raise ValueError(f"unknown finding code {self.code!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
+
+    def __str__(self) -> str:
+        where = f" [{self.module}]" if self.module else ""
+        when = f" (step {self.step})" if self.step is not None else ""
+        times = f" x{self.count}" if self.count > 1 else ""
+        hint = f"\n    hint: {self.hint}" if self.hint else ""
+        return f"{self.severity.upper():7s} {self.code}{where}{when}{times}: {self.message}{hint}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    family: str
+    severity: str
+    title: str
+    why: str
+    fix: str
+    source: str
+
+
+CATALOGUE: dict[str, Entry] = {
+    # runtime (watch)
+    "loss-at-init": Entry(
+        "runtime", "warning", "The loss at initialisation is far from its expected value",
+        "With C classes and an unbiased final layer the first cross-entropy loss should be about ln C; "
+        "much higher means the logits start large (over-confident, badly scaled init), and the first "
+        "steps are spent shrinking them: the hockey-stick loss curve.",
+        "Scale down the last layer's weights at init (e.g. multiply by 0.01 or 0.1) and set its bias "
+        "to the data's prior; check the input normalisation.",
+        "Karpathy, 'A Recipe for Training Neural Networks' (verify loss @ init); TheDeepChecker flags "
+        "an initial loss off by more than 1x of -log(1/C).",
+    ),
+    "zero-grad-missing": Entry(
+        "runtime", "error", "Gradients accumulate across optimizer steps",
+        "PyTorch adds each backward's gradients into .grad. Without optimizer.zero_grad() (or "
+        "set_to_none) before the next backward, every step applies the sum of all past gradients.",
+        "Call optimizer.zero_grad() once per optimizer step, before loss.backward(). Accumulating "
+        "over several backwards before one step is fine and is not flagged.",
+        "Karpathy's 'most common neural net mistakes' thread (#3: forgot to .zero_grad()).",
+    ),
+    "eval-mode-training": Entry(
+        "runtime", "error", "Training while Dropout/BatchNorm are in eval mode",
+        "In eval mode Dropout does nothing and BatchNorm uses its running statistics, so the model "
+        "trains without regularisation and with frozen normalisation.",
+        "Call model.train() before the training loop (and after every evaluation pass).",
+        "Karpathy's thread (#2: forgot to toggle train/eval mode).",
+    ),
+    "train-mode-eval": Entry(
+        "runtime", "warning", "Evaluating while Dropout/BatchNorm are in train mode",
+        "With gradients disabled (an evaluation pass), Dropout still drops units and BatchNorm uses "
+        "batch statistics and updates its running averages: the measured accuracy is noisy and "
+        "wrong, and the evaluation data leaks into the running statistics.",
+        "Call model.eval() before evaluating and model.train() after.",
+        "Karpathy's thread (#2); pytorch#76383 declined a warning for this, nnprobe judges behaviour.",
+    ),
+    "probabilities-into-loss": Entry(
+        "runtime", "error", "A loss that wants logits got probabilities",
+        "CrossEntropyLoss applies log_softmax itself and BCEWithLogitsLoss applies sigmoid itself. "
+        "Fed probabilities (rows that sum to 1, values in [0, 1]), the gradients are squashed and "
+        "training stalls at a poor loss.",
+        "Remove the softmax/sigmoid before the loss; apply it only when you need probabilities.",
+        "Karpathy's thread (#5: passed softmaxed outputs to a loss that expects raw logits); "
+        "UMLAUT's softmax/from_logits check.",
+    ),
+    "logits-into-nll": Entry(
+        "runtime", "error", "NLLLoss got raw scores instead of log-probabilities",
+        "NLLLoss expects log_softmax outputs (all <= 0, logsumexp of each row = 0). On raw scores it "
+        "just picks -score[target], which can be driven to -infinity.",
+        "Apply log_softmax before NLLLoss, or use CrossEntropyLoss on the raw logits.",
+        "Karpathy's thread (#5); PyTorch's NLLLoss documentation.",
+    ),
+    "non-finite": Entry(
+        "runtime", "error", "NaN or Inf appeared",
+        "One NaN in a forward or backward pass poisons every weight it reaches at the next step.",
+        "Look at the named module: a log of 0, a division by a small number, a too-high learning "
+        "rate, or float16 overflow. Lower the learning rate, clip gradients, add an epsilon.",
+        "SageMaker Debugger ExplodingTensor; DeepDiagnosis; torch.autograd.detect_anomaly (at 1.5x-3x cost).",
+    ),
+    "exploding-gradients": Entry(
+        "runtime", "warning", "Gradients are exploding",
+        "Gradient norms that grow by orders of magnitude make steps overshoot and end in NaN.",
+        "Lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), check the init "
+        "and add normalisation layers.",
+        "AUTOTRAINER (ICSE 2021): gradient-norm ratio between layers > 70; TheDeepChecker: > 1e6.",
+    ),
+    "vanishing-gradients": Entry(
+        "runtime", "warning", "Gradients are vanishing",
+        "When the early layers' gradients are orders of magnitude below the late layers', the early "
+        "layers barely learn.",
+        "Use ReLU-family activations, residual connections, normalisation, a better init (Kaiming).",
+        "AUTOTRAINER: first/last gradient-norm ratio < 1e-3 with the first < 1e-4; SageMaker "
+        "VanishingGradient: mean |g| < 1e-7.",
+    ),
+    "dead-units": Entry(
+        "runtime", "warning", "ReLU units are dead",
+        "A unit whose ReLU output is zero for every example of a batch gets no gradient and can "
+        "never recover: capacity silently lost.",
+        "Lower the learning rate, use a better init, LeakyReLU/GELU, or normalisation before the ReLU.",
+        "SageMaker Debugger DeadRelu (threshold_layer 50%); AUTOTRAINER dying ReLU (>= 70% zero "
+        "gradients); DeepDiagnosis (ratio >= 0.7).",
+    ),
+    "saturated-activations": Entry(
+        "runtime", "warning", "tanh/sigmoid activations are saturated",
+        "A tanh output near +-1 (a sigmoid near 0 or 1) has almost zero gradient: the unit stops learning.",
+        "Scale down the preceding layer's init (Karpathy's makemore part 3 uses a 5/3/sqrt(fan_in) "
+        "gain), add BatchNorm before the nonlinearity, normalise the inputs.",
+        "Karpathy, 'Building makemore Part 3': fraction of |tanh| > 0.97; SageMaker SaturatedActivation; "
+        "DeepDiagnosis (> 50% saturated).",
+    ),
+    "update-ratio": Entry(
+        "runtime", "warning", "The update-to-weight ratio is far from ~1e-3",
+        "rms(update)/rms(weight) per step measures how fast a layer learns. Far above ~1e-1 the "
+        "learning rate is too high (weights are rewritten every few steps); far below ~1e-5 it is "
+        "too low (the layer barely moves). Adam at its default gives ~1e-2, which is fine.",
+        "Adjust the learning rate (or this layer's group) towards ratios near 1e-3.",
+        "Karpathy, 'Building makemore Part 3' (log10 update:data ratio near -3); Stanford CS231n "
+        "notes ('~1e-3'); TheDeepChecker: log10(mean|dw|/mean|w|) outside [-4, -1].",
+    ),
+    "param-not-in-optimizer": Entry(
+        "runtime", "error", "A trainable parameter is not in the optimizer",
+        "It receives gradients but no optimizer step ever changes it, usually because the optimizer "
+        "was built before a layer was added or from the wrong module.",
+        "Build the optimizer from model.parameters() after the model is complete, or add a param group.",
+        "Debugging checklist (weight updates not being applied).",
+    ),
+    "param-never-updated": Entry(
+        "runtime", "warning", "A trainable parameter never changes",
+        "It is in the optimizer but has not moved after several steps: no gradient reaches it "
+        "(a detached branch, an unused layer) or its learning rate is zero.",
+        "Check that the layer is used in forward and that nothing detaches its output; check its "
+        "param group's lr. Freeze it explicitly (requires_grad_(False)) if that is intended.",
+        "SageMaker Debugger UnchangedTensor; the debugging checklist.",
+    ),
+    "loss-not-decreasing": Entry(
+        "runtime", "warning", "The loss is not decreasing",
+        "Over a window of steps the loss has not gone down: a learning rate far off, a bug in the "
+        "data or the labels, or the wrong loss.",
+        "Overfit one batch first (nnprobe.overfit_one_batch); sweep the learning rate.",
+        "SageMaker Debugger LossNotDecreasing; AUTOTRAINER slow convergence.",
+    ),
+    # structure (lint)
+    "bias-before-norm": Entry(
+        "lint", "warning", "A layer's bias is followed by a normalisation",
+        "BatchNorm subtracts the mean, which removes any bias added just before it: the bias is "
+        "wasted parameters and optimizer work.",
+        "Create the Linear/Conv with bias=False when a BatchNorm follows it.",
+        "Karpathy's thread and makemore part 3; NeuraLint (bias followed by batch norm).",
+    ),
+    "dropout-before-batchnorm": Entry(
+        "lint", "warning", "Dropout feeds a BatchNorm",
+        "Dropout changes the activation variance between training and evaluation, so the "
+        "BatchNorm's running statistics do not match what it sees in eval mode (variance shift).",
+        "Put Dropout after the BatchNorm (or after the last BatchNorm only).",
+        "Li et al., 'Understanding the Disharmony between Dropout and Batch Normalization' (CVPR 2019); NeuraLint.",
+    ),
+    "activation-on-logits": Entry(
+        "lint", "error", "An activation sits on the logits of a loss that wants raw logits",
+        "A final ReLU clips negative logits, a softmax/sigmoid squashes them; CrossEntropyLoss and "
+        "BCEWithLogitsLoss apply their own normalisation.",
+        "Remove the final activation; apply softmax/sigmoid only at inference.",
+        "Karpathy's thread (#5); UMLAUT (activation on the last layer).",
+    ),
+    "stacked-linear": Entry(
+        "lint", "info", "Two linear maps with nothing non-linear between them",
+        "Two Linear layers in a row compose to one linear map: the extra layer adds parameters but "
+        "no expressiveness, which is usually a forgotten activation.",
+        "Add a nonlinearity between them, or merge them into one layer.",
+        "The debugging checklist (check intermediate outputs and connections).",
+    ),
+    "final-bias-init": Entry(
+        "lint", "info", "The final bias does not match the data's prior",
+        "With imbalanced classes (or a regression target far from 0), an output bias of zero starts "
+        "the model far from the base rate; the first iterations only learn the bias.",
+        "Initialise the final bias to log class frequencies (classification) or the target mean (regression).",
+        "Karpathy, 'A Recipe for Training Neural Networks' (init well).",
+    ),
+    # dependencies and layout
+    "batch-mixing": Entry(
+        "deps", "error", "Examples of a batch influence each other's outputs",
+        "Output i depends on input j != i: a view/reshape mixed the batch axis, or an operation "
+        "reduces over the batch. The model trains on information it will not have at test time.",
+        "Find the first module named: replace view/reshape across the batch with permute/transpose.",
+        "Karpathy, 'A Recipe for Training Neural Networks' (use backprop to chart dependencies).",
+    ),
+    "causal-leak": Entry(
+        "deps", "error", "An output depends on future inputs",
+        "An autoregressive model must only see positions <= t; a missing or off-by-one causal mask "
+        "or a non-causal convolution lets it read the token it predicts.",
+        "Check the attention mask (torch.triu(..., diagonal=1)) and the convolution padding.",
+        "Karpathy's recipe ('autoregressive model takes as input the word it is trying to predict').",
+    ),
+    "view-mixes-batch": Entry(
+        "layout", "error", "A view/reshape splits the batch axis",
+        "Reshaping [T, B, C] to (B, -1) interleaves examples: each new row holds pieces of several "
+        "examples. The code runs and trains, just badly.",
+        "Move the batch axis first with permute/transpose, then reshape: x.permute(1, 0, 2).reshape(B, -1).",
+        "Karpathy's thread (#6: used view instead of permute).",
+    ),
+    # data
+    "class-imbalance": Entry(
+        "data", "warning", "The classes are imbalanced",
+        "With a largest/smallest class ratio above 10 the model can reach a good loss by ignoring "
+        "the rare classes.",
+        "Reweight the loss or resample; initialise the final bias to the log class frequencies; "
+        "report per-class metrics.",
+        "SageMaker Debugger ClassImbalance (ratio 10); Karpathy's recipe (look for data imbalance).",
+    ),
+    "unnormalized-inputs": Entry(
+        "data", "warning", "The inputs are not normalised",
+        "Features with a large mean or very different scales make optimisation ill-conditioned.",
+        "Standardise per feature/channel (subtract the mean, divide by the std of the training set).",
+        "SageMaker Debugger CheckInputImages (|mean| > 0.2); UMLAUT (input outside [-1, 1]).",
+    ),
+    "non-finite-data": Entry(
+        "data", "error", "The data holds NaN or Inf",
+        "A single non-finite input value turns the loss into NaN.",
+        "Drop or impute the samples named; check the loading and preprocessing code.",
+        "SageMaker Debugger ExplodingTensor, applied to inputs.",
+    ),
+    "constant-features": Entry(
+        "data", "info", "Some features never change",
+        "A constant feature carries no information; after standardisation it divides by a zero std.",
+        "Drop it, or guard the normalisation with an epsilon.",
+        "Karpathy's recipe (become one with the data).",
+    ),
+    "duplicate-samples": Entry(
+        "data", "warning", "The data holds exact duplicates",
+        "Duplicates over-weight some samples and, split between train and validation, inflate scores.",
+        "Deduplicate before splitting.",
+        "Karpathy's recipe (become one with the data: look for duplicates).",
+    ),
+    "train-test-overlap": Entry(
+        "data", "error", "Test samples also appear in the training data",
+        "The test score measures memorisation, not generalisation.",
+        "Deduplicate across splits before training; split by a key (user, document) when samples repeat.",
+        "Karpathy's recipe; common leakage checks.",
+    ),
+    # recipe
+    "cannot-overfit-batch": Entry(
+        "recipe", "error", "The model cannot overfit a single batch",
+        "A correct model and training loop drive the loss on one small batch close to zero. If it "
+        "cannot, something is broken: labels, loss, learning rate, a frozen or detached layer.",
+        "Check the loss and labels, raise the learning rate, check that gradients reach every layer.",
+        "Karpathy, 'A Recipe for Training Neural Networks' (overfit one batch); TheDeepChecker.",
+    ),
+    "input-independent": Entry(
+        "recipe", "error", "The model learns as well without its inputs",
+        "Trained on zeroed inputs from the same initial weights, the model reaches about the same "
+        "loss: it does not use the inputs (the data is not reaching it, or labels are shuffled).",
+        "Check that the inputs reach the model and that inputs and labels are paired correctly.",
+        "Karpathy, 'A Recipe for Training Neural Networks' (input-independent baseline).",
+    ),
+    "not-reproducible": Entry(
+        "recipe", "warning", "Two runs with the same seed differ",
+        "Without reproducibility a change cannot be told from noise.",
+        "Seed Python, NumPy and torch; use deterministic algorithms "
+        "(torch.use_deterministic_algorithms(True)); seed DataLoader workers.",
+        "Karpathy, 'A Recipe for Training Neural Networks' (fix random seed).",
+    ),
+}
+
+
+def explain(code: str) -> str:
+    """What the finding means, why it hurts, how to fix it, and its source."""
+    try:
+        e = CATALOGUE[code]
+    except KeyError:
+        known = ", ".join(sorted(CATALOGUE))
+        raise KeyError(f"unknown finding code {code!r}; known codes: {known}") from None
+    return (
+        f"{code} ({e.severity}, {e.family}): {e.title}.\n\n"
+        f"Why it hurts: {e.why}\n\nHow to fix it: {e.fix}\n\nSource: {e.source}"
+    )
+
+
+class Report:
+    """Base of the one-shot reports: `.findings`, `.ok` (nothing above info), a readable str."""
+
+    title = "nnprobe report"
+
+    def __init__(self, findings: Iterable[Finding] = ()) -> None:
+        self.findings: list[Finding] = list(findings)
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity in ("error", "warning") for f in self.findings)
+
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+    def details(self) -> list[str]:
+        """Extra lines a subclass prints under its title (measured figures)."""
+        return []
+
+    def __str__(self) -> str:
+        lines = [f"{self.title}: {'ok' if self.ok else 'problems found'}"]
+        lines += [f"  {d}" for d in self.details()]
+        lines += [f"  {f}" for f in self.findings] or ["  no findings"]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
