@@ -1,6 +1,7 @@
 """stats / stats_many against float64 NumPy, on random shapes, strides and dtypes."""
 
 import math
+from fractions import Fraction
 import os
 import subprocess
 import sys
@@ -20,10 +21,16 @@ def reference(values: np.ndarray) -> dict:
     fin = v[np.isfinite(v)]
     out = dict(count=v.size, nan=int(np.isnan(v).sum()), inf=int(np.isinf(v).sum()), zeros=int((fin == 0).sum()))
     if fin.size:
-        # math.fsum: correctly rounded sums, so the reference is exact to float64 rounding
-        mean = math.fsum(fin) / fin.size
+        if fin.size <= 5000:
+            # exact rational arithmetic: the reference is the true value, rounded once
+            xs = [Fraction(float(v)) for v in fin]
+            mean_q = sum(xs) / len(xs)
+            mean, std = float(mean_q), math.sqrt(float(sum((x - mean_q) ** 2 for x in xs) / len(xs)))
+        else:  # correctly rounded sums, fast enough for millions of values
+            mean = math.fsum(fin) / fin.size
+            std = math.sqrt(math.fsum((fin - mean) ** 2) / fin.size)
         out.update(
-            min=fin.min(), max=fin.max(), mean=mean, std=math.sqrt(math.fsum((fin - mean) ** 2) / fin.size),
+            min=fin.min(), max=fin.max(), mean=mean, std=std,
             l2=math.sqrt(math.fsum(fin * fin)), absmax=np.abs(fin).max(), absmean=math.fsum(np.abs(fin)) / fin.size,
         )
     else:
