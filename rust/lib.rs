@@ -7,6 +7,8 @@ pub mod layout;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
+#[cfg(target_arch = "x86_64")]
+pub mod simd512;
 pub mod stats;
 pub mod view;
 

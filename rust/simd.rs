@@ -6,7 +6,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use crate::dtype::{BF16, F16};
-use crate::stats::{BlockSums, HistScratch, HIST_BINS, HIST_LO};
+use crate::stats::{BlockSums, HistScratch, HIST_BINS, HIST_COPIES, HIST_LO};
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
@@ -125,9 +125,9 @@ macro_rules! kernels {
                     _mm256_cmpeq_epi32(e, exp_mask),
                 );
                 _mm256_storeu_si256(bins.as_mut_ptr() as *mut __m256i, _mm256_blendv_epi8(bin, discard, skip));
-                // four copies: consecutive increments never wait on each other
+                // interleaved copies: consecutive increments never wait on each other
                 for (j, &b) in bins.iter().enumerate() {
-                    *h[j & 3].get_unchecked_mut(b as usize) += 1;
+                    *h[j % HIST_COPIES].get_unchecked_mut(b as usize) += 1;
                 }
                 i += 8;
             }

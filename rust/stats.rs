@@ -19,9 +19,11 @@ pub const HIST_BINS: usize = 64;
 /// Bin i of the histogram counts finite non-zero x with floor(log2|x|) == HIST_LO + i; values
 /// below 2^HIST_LO land in bin 0 and values at or above 2^(HIST_LO + 64) in bin 63.
 pub const HIST_LO: i32 = -48;
-/// Per-block scratch histogram: four interleaved copies (independent increments) of 64 bins plus
+/// Per-block scratch histogram: interleaved copies (independent increments) of 64 bins plus
 /// a bin that swallows zeros and non-finite values.
-pub type HistScratch = [[u32; HIST_BINS + 1]; 4];
+pub type HistScratch = [[u32; HIST_BINS + 1]; HIST_COPIES];
+/// Interleaved copies of the scratch histogram.
+pub const HIST_COPIES: usize = 8;
 
 /// Sums over one block whose values are all finite, relative to `shift`.
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +178,12 @@ pub trait Kernel: Element {
     fn hist_block(xs: &[Self], h: &mut HistScratch) {
         hist_generic(xs, h)
     }
+    /// Both, on a block that is in L1 by then.
+    fn block_fast_hist(xs: &[Self], h: &mut HistScratch) -> BlockSums {
+        let b = Self::block_fast(xs);
+        Self::hist_block(xs, h);
+        b
+    }
 }
 
 macro_rules! generic_kernel {
@@ -188,17 +196,29 @@ macro_rules! simd_kernel {
         impl Kernel for $t {
             fn block_fast(xs: &[Self]) -> BlockSums {
                 #[cfg(target_arch = "x86_64")]
-                if crate::simd::available() {
-                    // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-                    return unsafe { crate::simd::$block(xs) };
+                {
+                    if crate::simd512::available() {
+                        // SAFETY: the CPU has AVX-512 F/BW/VL/DQ (checked at run time).
+                        return unsafe { crate::simd512::$block(xs) };
+                    }
+                    if crate::simd::available() {
+                        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
+                        return unsafe { crate::simd::$block(xs) };
+                    }
                 }
                 block_fast_generic(xs)
             }
             fn hist_block(xs: &[Self], h: &mut HistScratch) {
                 #[cfg(target_arch = "x86_64")]
-                if crate::simd::available() {
-                    // SAFETY: as above.
-                    return unsafe { crate::simd::$hist(xs, h) };
+                {
+                    if crate::simd512::available() {
+                        // SAFETY: as above.
+                        return unsafe { crate::simd512::$hist(xs, h) };
+                    }
+                    if crate::simd::available() {
+                        // SAFETY: as above.
+                        return unsafe { crate::simd::$hist(xs, h) };
+                    }
                 }
                 hist_generic(xs, h)
             }
@@ -208,6 +228,12 @@ macro_rules! simd_kernel {
 simd_kernel!(f32, block_f32, hist_f32);
 simd_kernel!(BF16, block_bf16, hist_bf16);
 simd_kernel!(F16, block_f16, hist_f16);
+
+/// Whether unshifted sums lose too much to cancellation: the spread is below 1e-3 of the
+/// magnitude (M2 < 1e-6 sum x^2), where sum x^2 - (sum x)^2/n keeps fewer than ~10 good digits.
+fn cancels(b: &BlockSums) -> bool {
+    b.shift == 0.0 && b.sumsq > 0.0 && b.sumsq - b.sum * b.sum / b.n as f64 <= 1e-6 * b.sumsq
+}
 
 /// Eight independent lanes so the compiler can vectorise without reassociating floats.
 fn block_fast_generic<T: Element>(xs: &[T]) -> BlockSums {
@@ -300,7 +326,7 @@ pub fn hist_bin(v: f64) -> usize {
 
 fn hist_generic<T: Element>(xs: &[T], h: &mut HistScratch) {
     for (i, x) in xs.iter().enumerate() {
-        h[i & 3][hist_bin(x.to_f64())] += 1;
+        h[i % HIST_COPIES][hist_bin(x.to_f64())] += 1;
     }
 }
 
@@ -317,17 +343,18 @@ fn flush_hist(scratch: &mut HistScratch, out: &mut [u64]) {
 fn stats_range<T: Kernel>(view: &TensorView, start: usize, end: usize, hist: bool) -> Stats {
     let walk = view.walk();
     let mut st = Stats::new(hist);
-    let mut scratch: Box<HistScratch> = Box::new([[0; HIST_BINS + 1]; 4]);
+    let mut scratch: Box<HistScratch> = Box::new([[0; HIST_BINS + 1]; HIST_COPIES]);
     let mut since_flush = 0usize;
     let mut feed = |st: &mut Stats, xs: &[T]| {
-        let b = T::block_fast(xs);
-        if b.is_finite() {
-            st.add_block(&b);
-        } else {
+        let b = if st.hist.is_some() { T::block_fast_hist(xs, &mut scratch) } else { T::block_fast(xs) };
+        if !b.is_finite() {
             add_careful(st, xs);
+        } else if cancels(&b) {
+            st.add_block(&block_fast_generic(xs)); // shifted by the first value
+        } else {
+            st.add_block(&b);
         }
         if let Some(out) = st.hist.as_mut() {
-            T::hist_block(xs, &mut scratch);
             since_flush += xs.len();
             if since_flush > (1 << 30) {
                 flush_hist(&mut scratch, out);
@@ -546,12 +573,47 @@ mod tests {
     #[test]
     fn histogram_simd_and_generic_agree() {
         let xs: Vec<f32> = noise(10_000, 21).iter().enumerate().map(|(i, x)| x * 10f32.powi((i % 20) as i32 - 10)).collect();
-        let mut a: HistScratch = [[0; HIST_BINS + 1]; 4];
-        let mut b: HistScratch = [[0; HIST_BINS + 1]; 4];
+        let mut a: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
+        let mut b: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
         f32::hist_block(&xs, &mut a);
         hist_generic(&xs, &mut b);
         let total = |h: &HistScratch| (0..=HIST_BINS).map(|i| h.iter().map(|c| c[i]).sum::<u32>()).collect::<Vec<_>>();
         assert_eq!(total(&a), total(&b));
+    }
+
+    #[test]
+    fn every_kernel_path_agrees_with_the_generic_one() {
+        let xs: Vec<f32> = noise(5000, 33).iter().enumerate().map(|(i, x)| if i % 7 == 0 { 0.0 } else { x * 10f32.powi((i % 9) as i32 - 4) }).collect();
+        let want = block_fast_generic(&xs);
+        let mut want_h: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
+        hist_generic(&xs, &mut want_h);
+        let total = |h: &HistScratch| (0..HIST_BINS).map(|i| h.iter().map(|c| c[i]).sum::<u32>()).collect::<Vec<_>>();
+        let same = |b: BlockSums| {
+            let (m1, m2) = (b.shift + b.sum / b.n as f64, want.shift + want.sum / want.n as f64);
+            assert!((m1 - m2).abs() < 1e-12, "{m1} vs {m2}");
+            assert_eq!((b.min, b.max, b.zeros, b.n), (want.min, want.max, want.zeros, want.n));
+            assert!((b.abs_sum - want.abs_sum).abs() < 1e-9 * want.abs_sum);
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::simd::available() {
+                same(unsafe { crate::simd::block_f32(&xs) });
+            }
+            if crate::simd512::available() {
+                let mut h: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
+                same(unsafe { crate::simd512::block_f32(&xs) });
+                unsafe { crate::simd512::hist_f32(&xs, &mut h) };
+                assert_eq!(total(&h), total(&want_h));
+                let wide: Vec<f32> = (0..3000).map(|i| 2f32.powi(i % 120 - 60) * if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+                let (mut a, mut b): (HistScratch, HistScratch) = ([[0; HIST_BINS + 1]; HIST_COPIES], [[0; HIST_BINS + 1]; HIST_COPIES]);
+                unsafe { crate::simd512::hist_f32(&wide, &mut a) };
+                hist_generic(&wide, &mut b);
+                assert_eq!(total(&a), total(&b));
+            }
+        }
+        let mut h: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
+        same(f32::block_fast_hist(&xs, &mut h));
+        assert_eq!(total(&h), total(&want_h));
     }
 
     #[test]
