@@ -1,0 +1,126 @@
+"""The `nnprobe` command (also `python -m nnprobe`): demo, report, explain, bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import demo
+    from .report import from_probe, render, save_mask
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    out = Path(args.out)
+    bugs: list[str | None] = list(demo.BUGS) if args.bug == "all" else [args.bug]
+    if args.bug not in (None, "all") and args.bug not in demo.BUGS:
+        print(f"unknown bug {args.bug!r}; choose from: {', '.join(demo.BUGS)}, all", file=sys.stderr)
+        return 2
+    results = []
+    for bug in bugs:
+        label = bug or "clean"
+        what = demo.BUGS[bug].what if bug else "a correct training loop"
+        print(f"\n== nnprobe demo: {label}: {what}", flush=True)
+        run_dir = out / label if len(bugs) > 1 else out
+        probe, one_shot, deps = demo.run(bug, run_dir, steps=args.steps, console=not args.quiet, progress=not args.quiet)
+        for f in one_shot:
+            print(f"  one-shot check: {f}")
+        if not args.quiet:
+            print(probe.summary())
+        if deps is not None and getattr(deps, "mask", None) is not None:
+            save_mask(run_dir / "log", "batch independence", deps.mask.mask if hasattr(deps.mask, "mask") else deps.mask)
+        run = from_probe(probe)
+        from .report import load_log
+
+        try:
+            run.masks = load_log(run_dir / "log").masks
+        except (FileNotFoundError, ValueError):
+            pass
+        extra = [{"code": f.code, "severity": f.severity, "message": f.message, "module": f.module, "step": f.step,
+                  "hint": f.hint, "count": f.count} for f in one_shot]
+        page = render(run, run_dir / "report.html", title=f"nnprobe demo: {label}", extra_findings=extra)
+        codes = probe.codes() | {f.code for f in one_shot}
+        serious = {f.code for f in list(probe.findings) + list(one_shot) if f.severity in ("error", "warning")}
+        want = set(demo.expected_codes(bug))
+        ok = want <= codes if bug else not serious
+        results.append((label, want, codes, serious, ok))
+        print(f"report: {page}")
+    if len(results) > 1 or args.bug == "all":
+        print("\n== summary: planted mistake -> expected finding -> caught?")
+        for label, want, codes, serious, ok in results:
+            exp = ", ".join(sorted(want)) or "(nothing above info)"
+            got = ", ".join(sorted(serious)) or "nothing above info"
+            print(f"  {'ok ' if ok else 'MISS'} {label:14s} expects {exp:45s} raised: {got}")
+    return 0 if all(r[-1] for r in results) else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import load_log, render
+
+    try:
+        run = load_log(args.log_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"nnprobe report: {e}", file=sys.stderr)
+        return 2
+    page = render(run, args.output)
+    print(page)
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .findings import CATALOGUE, explain
+
+    if args.code in (None, "all"):
+        for code, e in CATALOGUE.items():
+            print(f"{code:26s} {e.severity:8s} {e.title}")
+        return 0
+    try:
+        print(explain(args.code))
+    except KeyError as e:
+        print(f"nnprobe explain: {e.args[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    script = Path(__file__).resolve().parents[2] / "benches" / "run.py"
+    if not script.exists():
+        print("nnprobe bench runs benches/ from a clone of the repository; it was not found next to this install "
+              f"({script}). Run it from the clone: python benches/run.py", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.rest])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nnprobe", description="Catch the mistakes that make neural-network training fail silently.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="train a small model with a planted mistake and show what nnprobe finds")
+    d.add_argument("--bug", default=None, help="a planted mistake (see --list), or 'all'; none: a clean run")
+    d.add_argument("--list", action="store_true", help="list the mistakes the demo can plant")
+    d.add_argument("--out", default="nnprobe-demo", help="where the log and report.html go (default: ./nnprobe-demo)")
+    d.add_argument("--steps", type=int, default=150)
+    d.add_argument("--quiet", action="store_true", help="no live findings, progress bar or summary")
+    r = sub.add_parser("report", help="write the HTML report of a watched run's log directory")
+    r.add_argument("log_dir")
+    r.add_argument("-o", "--output", default="report.html")
+    e = sub.add_parser("explain", help="what a finding code means, why it hurts, how to fix it")
+    e.add_argument("code", nargs="?", default=None)
+    b = sub.add_parser("bench", help="run the benchmarks in benches/ (from a clone)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    if args.cmd == "demo" and args.list:
+        from . import demo
+
+        for name, bug in demo.BUGS.items():
+            print(f"{name:14s} {bug.what}  ->  {', '.join(bug.expects)}")
+        return 0
+    return {"demo": _demo, "report": _report, "explain": _explain, "bench": _bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
