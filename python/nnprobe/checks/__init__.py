@@ -1,0 +1,1 @@
+"""One-shot checks, one module per family of findings."""
