@@ -195,6 +195,10 @@ def overfit_one_batch(model: Any, batch: Any, loss_fn: Callable, *, optimizer: A
         if base_best <= goal:
             notes.append(f"the zeroed-input baseline reaches the target too ({base_best:.4g}): a constant prediction fits "
                          "these labels, so the baseline cannot tell whether the inputs are used (use a more varied batch)")
+        elif math.isfinite(best) and math.isfinite(base_best) and best > 0.9 * first and base_best > 0.9 * base[0] \
+                and abs(best - base_best) > 0.01 * max(first, base[0]):
+            notes.append("neither the real nor the zeroed-input run learned, with different losses: the baseline "
+                         "comparison is inconclusive until the model trains")
         elif math.isfinite(best) and math.isfinite(base_best) and not best * BASELINE_RATIO <= base_best:
             findings.append(Finding(
                 "input-independent", "error",
