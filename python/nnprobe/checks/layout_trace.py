@@ -71,15 +71,18 @@ class LayoutTrace(Report):
         self._label_input(tensor, bd)
 
     def axes_of(self, tensor: Any) -> list[str] | None:
-        """Where each axis of `tensor` came from: e.g. ['x0.1', 'x0.0*x0.2'] (input 0's axes),
-        'batch' marks the batch axis, '?' an axis the trace cannot attribute. None if untracked."""
+        """Where each axis of `tensor` came from, major to minor: e.g. ['x0.1', 'batch*x0.2'] (axes of
+        input 0; 'batch' is the batch axis), '?' a part no input axis made (a Linear's features, a
+        stack), 'mixed' pieces of a split axis, '1' a size-1 axis. None if untracked."""
         axes = self._axes.get(tensor)
         if axes is None:
             return None
         out = []
         for atoms in axes:
             names = []
-            for label, _ in atoms:
+            for label, size in atoms:
+                if label is None and size == 1:
+                    continue
                 if label is None:
                     names.append("?")
                 elif label == MIXED:
@@ -127,6 +130,9 @@ class LayoutTrace(Report):
         name = getattr(func, "__name__", "")
         if name == "__get__":  # a property: x.T, x.mT, x.shape
             name = getattr(getattr(func, "__self__", None), "__name__", "")
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
+        if not outs:  # x.shape, x.size(), x.dim(): nothing to follow
+            return
         tensors = [a for a in _flat(args, kwargs) if isinstance(a, torch.Tensor)]
         if not tensors:
             return
@@ -135,9 +141,6 @@ class LayoutTrace(Report):
         if not any(ax is not None for _, ax in tracked):
             return
         self.ops += 1
-        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
-        if not outs:
-            return
         src_axes = self._axes.get(src) if isinstance(src, torch.Tensor) else None
         if name in _RESHAPES and src_axes is not None and len(outs) == 1:
             new = self._reshape(src, outs[0], src_axes, split_check=name in _SPLITTING, name=name)
@@ -228,8 +231,9 @@ class LayoutTrace(Report):
                 new.append(next((a[k] for a in known if _has_batch(a[k], self._batch_labels)), known[0][k]))
             else:
                 labels = {lab for a in axes if a is not None for lab, _ in a[k]}
-                all_batch = len(known) == len(axes) and all(len(a[k]) == 1 and a[k][0][0] in self._batch_labels for a in known)
-                if all_batch:
+                # pieces of the same input axis (batch chunks, feature blocks) stay that axis
+                same = len(known) == len(axes) and len(labels) == 1 and all(len(a[k]) == 1 for a in known)
+                if same:
                     new.append(((known[0][k][0][0], int(out.shape[k])),))
                 else:
                     mixed = any(lab in self._batch_labels or lab == MIXED for lab in labels)
