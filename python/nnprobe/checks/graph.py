@@ -60,9 +60,21 @@ class Graph:
     layout: LayoutTrace | None = None
 
     def finish(self) -> "Graph":
+        """Links users to producers. Only nodes whose values reach the model's output count as
+        users: a `h.sum() > 0` taken for control flow does not make `h` fan out."""
+        live = set(range(len(self.nodes)))
+        if self.outputs:
+            live, todo = set(), list(self.outputs)
+            while todo:
+                i = todo.pop()
+                if i not in live:
+                    live.add(i)
+                    todo += self.nodes[i].inputs
         for n in self.nodes:
             n.users = []
         for n in self.nodes:
+            if n.index not in live:
+                continue
             for i in n.inputs:
                 if n.index not in self.nodes[i].users:
                     self.nodes[i].users.append(n.index)
@@ -132,7 +144,11 @@ def _build_fx(model: Any, example_input: Any, batch_dim: int) -> Graph:
     import torch.fx as fx
     from torch.fx.passes.shape_prop import ShapeProp
 
-    gm = fx.symbolic_trace(model)
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True  # where each functional call was written
+    graph = tracer.trace(model)
+    gm = fx.GraphModule(tracer.root, graph)
+    root_name = type(model).__name__
     args, kwargs = _as_args(example_input)
     if kwargs:
         raise TypeError("fx shape propagation takes positional inputs")
@@ -155,7 +171,7 @@ def _build_fx(model: Any, example_input: Any, batch_dim: int) -> Graph:
     for n in gm.graph.nodes:
         tensor_inputs = [a for a in n.all_input_nodes if a in index and shape_of(a) is not None]
         stack = n.meta.get("nn_module_stack") or {}
-        owner = next(reversed(stack.values()))[0] if stack else ""
+        owner = next(reversed(stack.values()))[0] if stack else root_name
         if n.op == "placeholder":
             node = Node(len(nodes), "input", "input", str(n.target))
         elif n.op == "get_attr":
@@ -165,7 +181,7 @@ def _build_fx(model: Any, example_input: Any, batch_dim: int) -> Graph:
             node = Node(len(nodes), "module", type(sub).__name__, str(n.target), module=sub)
         elif n.op in ("call_function", "call_method"):
             op = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-            node = Node(len(nodes), "function", op, owner)
+            node = Node(len(nodes), "function", op, owner, where=_where(n.stack_trace))
         elif n.op == "output":
             outs = n.args[0]
             flat = list(outs) if isinstance(outs, (tuple, list)) else list(outs.values()) if isinstance(outs, dict) else [outs]
@@ -181,6 +197,19 @@ def _build_fx(model: Any, example_input: Any, batch_dim: int) -> Graph:
         index[n] = node.index
         nodes.append(node)
     return Graph(nodes, "fx", outputs, layout).finish()
+
+
+def _where(stack_trace: str | None) -> str | None:
+    """file:line of the innermost frame of an fx node's recorded stack trace."""
+    if not stack_trace:
+        return None
+    import os
+    import re
+
+    torch_dir = os.path.dirname(_torch().__file__)
+    frames = [(f, n) for f, n in re.findall(r'File "([^"]+)", line (\d+)', stack_trace)
+              if not os.path.abspath(f).startswith(torch_dir)]
+    return f"{os.path.basename(frames[-1][0])}:{frames[-1][1]}" if frames else None
 
 
 def _fx_strip(v: Any) -> Any:
