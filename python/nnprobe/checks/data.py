@@ -81,22 +81,17 @@ def _progress(total: int | None, desc: str, enabled: bool | None) -> Any:
 
 
 def _read(data: Any, max_samples: int | None, progress: bool | None, what: str) -> _Split:
-    torch = None
-    try:
-        torch = _torch()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    # arrays and (X, y) pairs first: NumPy input never imports torch
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") or isinstance(a, (list, np.ndarray)) for a in data):
         x, y = _to_numpy(data[0]), _to_numpy(data[1])
         if len(x) != len(y):
             raise InputError(f"{what}: X has {len(x)} samples and y has {len(y)}")
         n = len(x) if max_samples is None else min(len(x), max_samples)
         return _Split(x[:n], y[:n], "arrays")
-    if hasattr(data, "shape") and not (torch is not None and isinstance(data, torch.utils.data.Dataset)):
+    if hasattr(data, "shape"):
         x = _to_numpy(data)
         return _Split(x[:max_samples] if max_samples is not None else x, None, "arrays")
-    if torch is None:
-        raise InputError(f"{what}: cannot read {type(data).__name__}")
+    torch = _torch()
     DataLoader, Dataset = torch.utils.data.DataLoader, torch.utils.data.Dataset
     if isinstance(data, DataLoader):
         ds = data.dataset

@@ -31,8 +31,11 @@ from ..findings import Finding, Report
 
 METHODS = ("auto", "exact", "group")
 EXPECTATIONS = ("identity", "causal")
-# Bound on the gradient memory of one vectorised backward (chunks of output rows).
-_CHUNK_BYTES = 64 << 20
+# Bound on one vectorised backward (chunks of output rows): every row's VJP spans the whole
+# input, so large chunks only add memory traffic (measured on CPU: 64 rows per call ran 2.5x
+# slower than 4 to 16; benches/bench_deps.py).
+_CHUNK_BYTES = 16 << 20
+_CHUNK_ROWS = 16
 # At most this many module outputs are examined to locate where a leak first appears.
 _MAX_LOCATE = 256
 
@@ -232,7 +235,7 @@ def _hits(run: _Run, weights: Any, select: np.ndarray, dim: int, out_dim: int) -
     if k_all == 0 or not out.requires_grad:
         return hits, 0, False
     per_pass = (leaf.numel() + 2 * out.numel()) * max(leaf.element_size(), 4)
-    chunk = max(1, min(k_all, _CHUNK_BYTES // max(per_pass, 1)))
+    chunk = max(1, min(k_all, _CHUNK_ROWS, _CHUNK_BYTES // max(per_pass, 1)))
     nonfinite = False
     shape = [1] * (out.ndim + 1)
     shape[1 + out_dim] = n_out
