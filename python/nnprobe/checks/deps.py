@@ -20,6 +20,7 @@ The reduction of the gradients to booleans, the group codes and their decoding a
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -224,9 +225,28 @@ def _weights(out: Any, seed: int) -> Any:
     return (torch.rand(out.shape, generator=g, dtype=torch.float64) + 0.5).to(dtype=out.dtype, device=out.device)
 
 
+def _vjp_rows(out: Any, leaf: Any, go: Any, vectorised: bool) -> Any:
+    """The gradients of `out` weighted by each row of `go` ([k, *out.shape]) w.r.t. `leaf`, as
+    [k, *leaf.shape]: one vectorised backward, or one backward per row. None if unreachable."""
+    torch = _torch()
+    if vectorised:
+        (g,) = torch.autograd.grad(out, leaf, go, retain_graph=True, is_grads_batched=True, allow_unused=True)
+        return g
+    rows = [torch.autograd.grad(out, leaf, go[k], retain_graph=True, allow_unused=True)[0] for k in range(go.shape[0])]
+    if all(r is None for r in rows):
+        return None
+    return torch.stack([r if r is not None else torch.zeros_like(leaf) for r in rows])
+
+
 def _hits(run: _Run, weights: Any, select: np.ndarray, dim: int, out_dim: int) -> tuple[np.ndarray, int, bool]:
     """For each row of `select` (which output slices a backward pass weights): the input slices
-    its gradient reaches. Returns (hits [passes, n_in], passes, saw_nonfinite)."""
+    its gradient reaches. Returns (hits [passes, n_in], passes, saw_nonfinite).
+
+    The rows go through one vectorised backward per chunk (`is_grads_batched`). Where that is
+    slower than plain backward passes (on a CPU, batching a convolution's backward costs more
+    than it saves: benches/bench_deps.py), the first two chunks are timed both ways and the
+    faster way does the rest; an op without a batching rule always takes the plain way. Either
+    way each row is one vector-Jacobian product, and the result is the same."""
     torch = _torch()
     out, leaf = run.out, run.leaf
     n_out, n_in = out.shape[out_dim], leaf.shape[dim]
@@ -239,15 +259,27 @@ def _hits(run: _Run, weights: Any, select: np.ndarray, dim: int, out_dim: int) -
     nonfinite = False
     shape = [1] * (out.ndim + 1)
     shape[1 + out_dim] = n_out
-    for start in range(0, k_all, chunk):
+    vectorised: bool | None = True
+    timing: dict[bool, float] = {}
+    for i, start in enumerate(range(0, k_all, chunk)):
         sel = torch.as_tensor(select[start:start + chunk], device=out.device)
         go = weights.unsqueeze(0) * sel.view([sel.shape[0]] + shape[1:]).to(weights.dtype)
+        way = vectorised
+        if way is None:  # still measuring: the second chunk goes the plain way
+            way = False
+        t0 = time.perf_counter()
         try:
-            (g,) = torch.autograd.grad(out, leaf, go, retain_graph=True, is_grads_batched=True, allow_unused=True)
+            g = _vjp_rows(out, leaf, go, way)
         except (RuntimeError, NotImplementedError):
-            # an op without a batching rule: one backward per row, same result
-            rows = [torch.autograd.grad(out, leaf, go[k], retain_graph=True, allow_unused=True)[0] for k in range(go.shape[0])]
-            g = None if all(r is None for r in rows) else torch.stack([r if r is not None else torch.zeros_like(leaf) for r in rows])
+            if not way:
+                raise
+            way, vectorised = False, False  # no batching rule for some op
+            g = _vjp_rows(out, leaf, go, False)
+        if i < 2 and vectorised is not False and out.device.type == "cpu" and k_all > 2 * chunk:
+            timing[way] = (time.perf_counter() - t0) / sel.shape[0]
+            vectorised = None if len(timing) < 2 else timing[True] <= timing[False]
+        elif vectorised is None:
+            vectorised = True
         if g is None:
             continue
         h, nf = _reduce(g, [0, 1 + dim])
