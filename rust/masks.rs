@@ -38,7 +38,7 @@ pub fn nonzero_along(view: &TensorView, keep: &[usize], tol: f64) -> Result<Redu
             return Err(Error::Layout(format!("axis {a} is listed twice in {keep:?}")));
         }
     }
-    if !(tol >= 0.0) {
+    if tol.is_nan() || tol < 0.0 {
         return Err(Error::Input(format!("tol must be >= 0, got {tol}")));
     }
     let out_shape: Vec<usize> = keep.iter().map(|&a| view.shape[a]).collect();
@@ -100,7 +100,7 @@ fn any_nonzero<T: crate::dtype::Element>(view: &TensorView, walk: &Walk, base: i
             // readable; `base + off + i * stride` is such an element (`off` includes the walk's base). Reads may be
             // unaligned (NumPy allows it).
             let v = unsafe { p.offset(i * stride).read_unaligned() }.to_f64();
-            if !(v.abs() <= tol) {
+            if v.is_nan() || v.abs() > tol {
                 hit = true;
                 nonfinite = !v.is_finite();
                 return;
