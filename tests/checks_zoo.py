@@ -97,3 +97,19 @@ def small_cnn(classes: int = 10, bias: bool = False) -> nn.Sequential:
 
 def mlp(inputs: int = 10, hidden: int = 32, outputs: int = 4, *, bias: bool = True) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs, bias=bias))
+
+
+class Awkward(nn.Module):
+    """Shared module used twice, a frozen layer, in-place ReLU, a dict output with a None in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.frozen = nn.Linear(6, 6).requires_grad_(False)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        h = self.act(self.shared(x))
+        h = self.act(self.shared(self.act(self.frozen(h))))
+        return {"logits": self.head(h), "aux": None, "step": 3}

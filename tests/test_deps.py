@@ -265,3 +265,13 @@ def test_bad_input_gets_clear_errors():
         nnprobe.dependency_mask(model, torch.randn(4, 3), dim=3)
     with pytest.raises(nnprobe.InputError, match="torch.Tensor"):
         nnprobe.check_batch_independence(model, np.zeros((4, 3)))
+
+
+def test_awkward_models_shared_frozen_inplace_and_dict_outputs():
+    from checks_zoo import Awkward
+
+    torch.manual_seed(0)
+    rep = nnprobe.check_batch_independence(Awkward(), torch.randn(5, 6))
+    assert rep.ok and rep.findings == []
+    m = nnprobe.dependency_mask(Awkward(), torch.randn(5, 6), method="exact")
+    np.testing.assert_array_equal(m.mask, np.eye(5, dtype=bool))

@@ -271,3 +271,12 @@ def test_lint_changes_nothing_in_the_model():
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert np.isfinite(str(nnprobe.lint(model, torch.randn(4, 3, 8, 8))).count("\n"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_awkward_models_lint_cleanly(method):
+    from checks_zoo import Awkward
+
+    rep = nnprobe.lint(Awkward(), torch.randn(5, 6), loss_fn=nn.CrossEntropyLoss(), method=method)
+    assert rep.findings == [], rep
+    assert rep.order == ["shared", "act", "frozen", "act", "shared", "act", "head"]
