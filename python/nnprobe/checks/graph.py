@@ -152,9 +152,13 @@ def _build_fx(model: Any, example_input: Any, batch_dim: int) -> Graph:
     args, kwargs = _as_args(example_input)
     if kwargs:
         raise TypeError("fx shape propagation takes positional inputs")
-    with _quiet_forward(model), trace_layout(batch_dim=batch_dim, batch_size=_batch_size(args, kwargs, batch_dim), root=model) as layout:
+    with _quiet_forward(model):
         gm.eval()
         ShapeProp(gm).propagate(*args)
+        # the layout is followed on the model's own forward, so findings name the user's lines
+        # (fx's generated code has none)
+        with trace_layout(batch_dim=batch_dim, batch_size=_batch_size(args, kwargs, batch_dim), root=model) as layout:
+            model(*args)
     index: dict[Any, int] = {}
     nodes: list[Node] = []
     outputs: list[int] = []
