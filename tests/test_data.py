@@ -188,3 +188,15 @@ def test_bad_input_is_refused_clearly():
         nnprobe.inspect_data(object())
     with pytest.raises(nnprobe.InputError, match="values each"):
         nnprobe.inspect_data(np.zeros((3, 2)), test=np.zeros((3, 5)))
+
+
+def test_whole_numbered_regression_targets_are_not_classes():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 4)).astype(np.float32)
+    ages = rng.integers(18, 90, 500).astype(np.float32)  # 72 whole values: a regression target
+    rep = nnprobe.inspect_data((x, ages))
+    assert rep.class_counts == {} and "class-imbalance" not in rep.codes()
+    assert rep.target_mean[0] == pytest.approx(ages.astype(np.float64).mean())
+    labels = (rng.random(500) < 0.03).astype(np.float32)  # 0./1. labels for BCE: classes
+    rep = nnprobe.inspect_data((x, labels))
+    assert set(rep.class_counts) == {0, 1} and "class-imbalance" in rep.codes()

@@ -1,6 +1,7 @@
 """doctor(): the recipe's stages in order, silent on a clean setup, each planted mistake reported by
 its stage; the watched run written against the spec's watch API (a stand-in here until watch lands)."""
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -108,3 +109,17 @@ def test_a_failing_stage_is_reported_and_the_others_still_run(monkeypatch):
     rep = nnprobe.doctor(model, loader(), bad_loss, opt)
     assert "could not run: RuntimeError: boom" in rep.stage("overfit one batch").note
     assert rep.stage("init").report is not None
+
+
+def test_regression_doctor_uses_the_datasets_target_mean(monkeypatch):
+    monkeypatch.delattr(nnprobe, "watch", raising=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 10, generator=g)
+    y = 40 + x[:, :1] * 3
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+    rep = nnprobe.doctor(model, dl, nn.MSELoss(), torch.optim.Adam(model.parameters(), lr=1e-2), steps=3)
+    init = rep.stage("init").report
+    assert init.codes() == {"loss-at-init", "final-bias-init"}
+    assert init.prior[0] == pytest.approx(float(y.double().mean()), rel=1e-6)

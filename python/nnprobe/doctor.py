@@ -126,8 +126,11 @@ def doctor(model: Any, loader: Any, loss_fn: Callable, optimizer: Any, *, steps:
     data = _run_stage("data", lambda: inspect_data(loader, max_samples=DATA_SAMPLES))
     stages.append(data)
     stages.append(_run_stage("lint", lambda: lint(model, x, loss_fn=loss_fn)))
+    # the prior over the whole dataset beats one batch's: class counts, or regression target means
     counts = getattr(data.report, "class_counts", None) or None
     prior = counts if counts and all(isinstance(k, int) and k >= 0 for k in counts) else None
+    if prior is None and getattr(data.report, "target_mean", None) is not None:
+        prior = data.report.target_mean
     stages.append(_run_stage("init", lambda: check_init(model, (x, y), loss_fn, prior=prior)))
     if isinstance(x, torch.Tensor) and x.ndim >= 1 and len(x) >= 2:
         stages.append(_run_stage("batch independence", lambda: check_batch_independence(model, x)))

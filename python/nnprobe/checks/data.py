@@ -152,8 +152,10 @@ def _classes(y: np.ndarray | None) -> np.ndarray | None:
         return None
     if y.dtype == bool or np.issubdtype(y.dtype, np.integer):
         return y.astype(np.int64)
+    # float targets are classes only when they are a few whole numbers (0./1. labels for BCE);
+    # whole-numbered regression targets (ages, counts) have many values
     if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        if len(np.unique(y)) <= 100:
+        if len(np.unique(y)) <= 20:
             return y.astype(np.int64)
     return None
 
@@ -184,6 +186,8 @@ class DataReport(Report):
         self.dtype = ""
         self.class_counts: dict[int, int] = {}
         self.test_class_counts: dict[int, int] = {}
+        self.target_mean: np.ndarray | None = None  # regression targets (per output)
+        self.target_std: np.ndarray | None = None
         self.feature_axis: int | None = None
         self.feature_mean = np.zeros(0)
         self.feature_std = np.zeros(0)
@@ -201,6 +205,8 @@ class DataReport(Report):
             counts = sorted(self.class_counts.items())
             shown = ", ".join(f"{k}: {v}" for k, v in counts[:10]) + (", ..." if len(counts) > 10 else "")
             out.append(f"classes ({len(counts)}): {shown}")
+        if self.target_mean is not None:
+            out.append(f"regression targets: mean {_short(self.target_mean)}, std {_short(self.target_std)}")
         if self.feature_mean.size:
             what = "feature" if self.feature_axis == 1 and len(self.sample_shape) == 1 else "channel"
             out.append(f"per-{what} mean {_short(self.feature_mean)}, std {_short(self.feature_std)}")
@@ -259,6 +265,10 @@ def inspect_data(data: Any, *, test: Any = None, max_samples: int | None = None,
                     "the log class frequencies; report per-class metrics",
                     data={"ratio": float(ratio), "counts": rep.class_counts},
                 ))
+
+    elif y is not None and len(y) and np.issubdtype(y.dtype, np.floating):
+        yt = y.reshape(len(y), -1).astype(np.float64)
+        rep.target_mean, rep.target_std = np.nanmean(yt, axis=0), np.nanstd(yt, axis=0)
 
     # per-feature / per-channel statistics
     xf = x.reshape(len(x), -1) if x.ndim > 1 else x.reshape(-1, 1)
