@@ -3,6 +3,8 @@ spec's cases, planted and fixed."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import nnprobe
@@ -149,3 +151,43 @@ def test_a_buffer_seen_first_does_not_steal_the_batch():
         (x + pos[:T]).reshape(B, -1)
     assert trace.findings == []
     assert trace.axes_of(x) == ["batch", "x0.1", "x0.2"]
+
+
+def splits_batch_brute_force(old_shape, batch_dim, new_shape):
+    """Oracle, straight from the spec's words: a boundary of the result falls strictly inside the
+    batch axis when, across that boundary (row-major flat index f = hi * p + lo), the example index
+    is decided neither by hi alone nor by lo alone."""
+    total = int(np.prod(old_shape))
+    s_b = int(np.prod(old_shape[batch_dim + 1:]))
+    n_b = old_shape[batch_dim]
+    f = np.arange(total)
+    b = (f // s_b) % n_b
+    for k in range(1, len(new_shape)):
+        p = int(np.prod(new_shape[k:]))
+        if p in (1, total):
+            continue
+        decided_by_hi = all(len(set(b[f // p == h])) == 1 for h in range(total // p))
+        decided_by_lo = all(len(set(b[f % p == r])) == 1 for r in range(p))
+        if not (decided_by_hi or decided_by_lo):
+            return True
+    return False
+
+
+def factorisations(n, parts):
+    """Every ordered way of writing n as a product of `parts` factors."""
+    if parts == 1:
+        return [(n,)]
+    return [(d,) + rest for d in range(1, n + 1) if n % d == 0 for rest in factorisations(n // d, parts - 1)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.integers(2, 6), st.integers(0, 3), st.data())
+def test_split_rule_matches_the_brute_force_reading_of_the_spec(others, batch, position, data):
+    position = min(position, len(others))
+    old = tuple(others[:position]) + (batch,) + tuple(others[position:])
+    total = int(np.prod(old))
+    parts = data.draw(st.integers(1, 4))
+    new = data.draw(st.sampled_from(factorisations(total, parts)))
+    with nnprobe.trace_layout(batch_dim=position) as trace:
+        torch.zeros(old).reshape(new)
+    assert (trace.codes() == {"view-mixes-batch"}) is splits_batch_brute_force(old, position, new), (old, new)
