@@ -3,7 +3,9 @@
 
 pub mod dtype;
 pub mod error;
+pub mod hash;
 pub mod layout;
+pub mod masks;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
@@ -26,6 +28,10 @@ mod _core {
     use crate::py::stats::{read_floor, stats, stats_array, stats_many, TensorStats};
     #[pymodule_export]
     use crate::py::layout::{reshape_groups, Layout};
+    #[pymodule_export]
+    use crate::py::masks::{group_codes, group_decode, mask_leaks, nonzero_along};
+    #[pymodule_export]
+    use crate::py::hash::{duplicate_rows, overlap_rows, row_hashes};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -3,6 +3,13 @@
 from ._core import Layout, TensorStats
 from .findings import CATALOGUE, Finding, explain
 from .errors import DeviceError, DiagnosticError, DtypeError, InputError, LayoutError, NnprobeError
+from .checks.data import DataReport, inspect_data
+from .checks.deps import DependencyMask, DependencyReport, check_batch_independence, check_causal, dependency_mask
+from .checks.init import InitReport, check_init
+from .checks.layout_trace import LayoutTrace, trace_layout
+from .checks.lint import LintReport, lint
+from .checks.recipe import OverfitReport, ReproReport, check_reproducible, overfit_one_batch
+from .doctor import DoctorReport, doctor
 from .primitives import (
     STATS_FIELDS,
     get_num_threads,
@@ -17,6 +24,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CATALOGUE",
+    "DataReport",
+    "DependencyMask",
+    "DependencyReport",
+    "DoctorReport",
+    "InitReport",
+    "LayoutTrace",
+    "LintReport",
+    "OverfitReport",
+    "ReproReport",
+    "check_batch_independence",
+    "check_causal",
+    "check_init",
+    "check_reproducible",
+    "dependency_mask",
+    "doctor",
+    "inspect_data",
+    "lint",
+    "overfit_one_batch",
+    "trace_layout",
     "STATS_FIELDS",
     "Finding",
     "explain",

@@ -170,10 +170,12 @@ CATALOGUE: dict[str, Entry] = {
     ),
     # structure (lint)
     "bias-before-norm": Entry(
-        "lint", "warning", "A layer's bias is followed by a normalisation",
-        "BatchNorm subtracts the mean, which removes any bias added just before it: the bias is "
-        "wasted parameters and optimizer work.",
-        "Create the Linear/Conv with bias=False when a BatchNorm follows it.",
+        "lint", "warning", "A layer's bias is removed by the normalisation after it",
+        "A normalisation that subtracts a per-channel mean (BatchNorm; InstanceNorm, and GroupNorm "
+        "with one channel per group, after a conv) removes any bias added just before it: the bias "
+        "is wasted parameters and optimizer work. LayerNorm over the features, GroupNorm with several "
+        "channels per group and RMSNorm keep most of a bias, and are not flagged.",
+        "Create the Linear/Conv with bias=False when such a normalisation follows it.",
         "Karpathy's thread and makemore part 3; NeuraLint (bias followed by batch norm).",
     ),
     "dropout-before-batchnorm": Entry(
@@ -214,9 +216,11 @@ CATALOGUE: dict[str, Entry] = {
     ),
     "causal-leak": Entry(
         "deps", "error", "An output depends on future inputs",
-        "An autoregressive model must only see positions <= t; a missing or off-by-one causal mask "
-        "or a non-causal convolution lets it read the token it predicts.",
-        "Check the attention mask (torch.triu(..., diagonal=1)) and the convolution padding.",
+        "An autoregressive model must only see positions <= t; a missing or off-by-one causal mask, "
+        "a non-causal convolution, or targets equal to the inputs at the same position (a missing "
+        "shift by one) let it read the token it predicts.",
+        "Check the attention mask (torch.triu(..., diagonal=1)) and the convolution padding (left "
+        "only); for data, inputs = tokens[:, :-1] and targets = tokens[:, 1:].",
         "Karpathy's recipe ('autoregressive model takes as input the word it is trying to predict').",
     ),
     "view-mixes-batch": Entry(
@@ -237,7 +241,9 @@ CATALOGUE: dict[str, Entry] = {
     ),
     "unnormalized-inputs": Entry(
         "data", "warning", "The inputs are not normalised",
-        "Features with a large mean or very different scales make optimisation ill-conditioned.",
+        "Features with a large mean or very different scales make optimisation ill-conditioned. "
+        "nnprobe flags a float feature/channel whose |mean| or std exceeds 10, stds that differ by "
+        "more than 100x, or a feature more than 5 stds away from zero; data in [0, 1] passes.",
         "Standardise per feature/channel (subtract the mean, divide by the std of the training set).",
         "SageMaker Debugger CheckInputImages (|mean| > 0.2); UMLAUT (input outside [-1, 1]).",
     ),

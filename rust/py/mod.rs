@@ -1,6 +1,8 @@
 //! The thin #[pyfunction]/#[pyclass] layer: convert, run detached from the interpreter, wrap.
 
+pub mod hash;
 pub mod layout;
+pub mod masks;
 pub mod stats;
 
 use crate::error::Error;

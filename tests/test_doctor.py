@@ -1,0 +1,125 @@
+"""doctor(): the recipe's stages in order, silent on a clean setup, each planted mistake reported by
+its stage; the watched run written against the spec's watch API (a stand-in here until watch lands)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import nnprobe
+from nnprobe import Finding
+from checks_zoo import TimeMajorMixer
+
+STAGES = ["data", "lint", "init", "batch independence", "overfit one batch", "watched run"]
+
+
+def loader(n=256, seed=0, batch_size=32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    ds = torch.utils.data.TensorDataset(x, y)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g)
+
+
+def model_and_opt(final=None):
+    torch.manual_seed(0)
+    layers = [nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 4)] + ([final] if final else [])
+    model = nn.Sequential(*layers)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-2)
+
+
+def test_a_clean_setup_is_silent_and_runs_every_stage(monkeypatch):
+    monkeypatch.delattr(nnprobe, "watch", raising=False)  # this branch has no watch yet
+    model, opt = model_and_opt()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = nnprobe.doctor(model, loader(), nn.CrossEntropyLoss(), opt)
+    assert [s.name for s in rep.stages] == STAGES
+    assert rep.ok, rep
+    assert all(f.severity == "info" for f in rep.findings)
+    assert rep.stage("overfit one batch").report.reached
+    assert rep.stage("watched run").report is None and "not available" in rep.stage("watched run").note
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert "[overfit one batch] ok" in str(rep)
+
+
+def test_planted_mistakes_are_reported_by_their_stage(monkeypatch):
+    monkeypatch.delattr(nnprobe, "watch", raising=False)
+    model, opt = model_and_opt(final=nn.Softmax(dim=-1))
+    rep = nnprobe.doctor(model, loader(), nn.CrossEntropyLoss(), opt)
+    assert not rep.ok
+    assert "activation-on-logits" in rep.stage("lint").report.codes()
+    # a softmax before CrossEntropyLoss also starves the one-batch overfit
+    assert rep.stage("overfit one batch").report.findings
+
+
+def test_batch_mixing_is_found_by_the_doctor(monkeypatch):
+    monkeypatch.delattr(nnprobe, "watch", raising=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 5, generator=g)
+    y = torch.randint(0, 2, (64,), generator=g)
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    torch.manual_seed(0)
+    model = TimeMajorMixer()
+    rep = nnprobe.doctor(model, dl, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), lr=1e-2), steps=5)
+    assert {"batch-mixing", "view-mixes-batch"} <= rep.stage("batch independence").report.codes()
+
+
+class FakeProbe:
+    """Stands in for nnprobe.watch's Probe, recording how the doctor uses it (SPEC section 2)."""
+
+    calls = []
+
+    def __init__(self, model, optimizer=None, **kw):
+        self.model, self.optimizer, self.kw, self.losses = model, optimizer, kw, []
+        FakeProbe.calls.append(self)
+        self.findings = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.findings = [Finding("loss-not-decreasing", "warning", f"saw {len(self.losses)} steps")]
+
+    def step(self, loss=None):
+        self.losses.append(float(loss.detach()))
+
+
+def test_the_watched_run_uses_the_watch_api_on_a_copy(monkeypatch):
+    monkeypatch.setattr(nnprobe, "watch", FakeProbe, raising=False)
+    FakeProbe.calls = []
+    model, opt = model_and_opt()
+    rep = nnprobe.doctor(model, loader(n=64), nn.CrossEntropyLoss(), opt, steps=7)  # 2 batches: cycles
+    (probe,) = FakeProbe.calls
+    assert probe.model is not model and probe.kw == {"console": False}
+    assert isinstance(probe.optimizer, torch.optim.Adam) and probe.optimizer is not opt
+    assert len(probe.losses) == 7
+    stage = rep.stage("watched run")
+    assert [f.code for f in stage.findings] == ["loss-not-decreasing"]
+    assert "loss-not-decreasing" in rep.codes()
+
+
+def test_a_failing_stage_is_reported_and_the_others_still_run(monkeypatch):
+    monkeypatch.delattr(nnprobe, "watch", raising=False)
+    model, opt = model_and_opt()
+
+    def bad_loss(out, y):
+        if out.shape[0] < 32:  # breaks only the 16-example overfit stage
+            raise RuntimeError("boom")
+        return nn.functional.cross_entropy(out, y)
+
+    rep = nnprobe.doctor(model, loader(), bad_loss, opt)
+    assert "could not run: RuntimeError: boom" in rep.stage("overfit one batch").note
+    assert rep.stage("init").report is not None
+
+
+def test_regression_doctor_uses_the_datasets_target_mean(monkeypatch):
+    monkeypatch.delattr(nnprobe, "watch", raising=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 10, generator=g)
+    y = 40 + x[:, :1] * 3
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+    rep = nnprobe.doctor(model, dl, nn.MSELoss(), torch.optim.Adam(model.parameters(), lr=1e-2), steps=3)
+    init = rep.stage("init").report
+    assert init.codes() == {"loss-at-init", "final-bias-init"}
+    assert init.prior[0] == pytest.approx(float(y.double().mean()), rel=1e-6)
