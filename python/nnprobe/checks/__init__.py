@@ -1,0 +1,2 @@
+"""The checks, one module per family of findings (runtime: what `watch` judges while training
+runs; losses: what it sees of the loss calls)."""
