@@ -3,6 +3,7 @@
 from ._core import Layout, TensorStats
 from .findings import CATALOGUE, Finding, explain
 from .errors import DeviceError, DiagnosticError, DtypeError, InputError, LayoutError, NnprobeError
+from .probe import Probe, watch
 from .primitives import (
     STATS_FIELDS,
     get_num_threads,
@@ -27,6 +28,7 @@ __all__ = [
     "Layout",
     "LayoutError",
     "NnprobeError",
+    "Probe",
     "TensorStats",
     "get_num_threads",
     "layout",
@@ -34,4 +36,5 @@ __all__ = [
     "set_num_threads",
     "stats",
     "stats_many",
+    "watch",
 ]

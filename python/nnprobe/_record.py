@@ -47,7 +47,7 @@ class StepRecord:
         self.grad_order: list[int] = []
         self._seen: set[int] = set()
         self.own_time = 0.0
-        self.loss_nonfinite = False
+        self.closed = False  # collected: later figures (a late backward) are dropped
 
     # ---- adding figures
     def _host(self, idx: list[int], xs: list[Any]) -> np.ndarray:

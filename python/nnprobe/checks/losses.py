@@ -141,7 +141,7 @@ class LossObserver:
             training = torch.is_grad_enabled()
             if training and isinstance(out, torch.Tensor) and out.numel() == 1:
                 if out.device.type == "cpu":
-                    self.values.append(float(out))
+                    self.values.append(float(out.detach()))
                 else:
                     self.tensors.append(out.detach().reshape(()))
             if kind is None:

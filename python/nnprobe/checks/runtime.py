@@ -76,6 +76,8 @@ class RuntimeChecks:
         self._updated: set[int] = set()
         self._norm0: list[float] = []
         self._losses_seen = 0
+        self._loss = np.zeros((256, 3))
+        self._nloss = 0
 
     def _persist(self, key: tuple[str, int], cond: bool) -> int:
         n = self._streak.get(key, 0) + 1 if cond else 0
@@ -252,13 +254,26 @@ class RuntimeChecks:
                         f"steps: {why}", rows[i].module, step, {"param": name, "since_step": first[0], "reason": why})
 
     # ------------------------------------------------------------------ the loss
-    def on_loss(self, step: int, steps: np.ndarray, values: np.ndarray, lrs: np.ndarray) -> None:
-        n = len(values)
-        if n < LOSS_MIN or n - self._losses_seen < 10:
+    def on_loss(self, step: int, value: float, lr: float) -> None:
+        n = self._nloss
+        if n and self._loss[n - 1, 0] == step:
+            self._loss[n - 1] = (step, value, lr)  # probe.step(loss) after the observed value: it wins
+        else:
+            if n == len(self._loss):
+                if n >= 100_000:  # keep every other one: the windows scale with the length anyway
+                    half = self._loss[::2].copy()
+                    self._loss[: len(half)] = half
+                    n = self._nloss = len(half)
+                    self._losses_seen = n
+                else:
+                    self._loss = np.concatenate([self._loss, np.zeros_like(self._loss)])
+            self._loss[n] = (step, value, lr)
+            n = self._nloss = n + 1
+        if n < LOSS_MIN or n - self._losses_seen < max(10, n // 100):
             return
         self._losses_seen = n
-        fin = np.isfinite(values)
-        if not fin.all():
+        steps, values, lrs = self._loss[:n, 0], self._loss[:n, 1], self._loss[:n, 2]
+        if not np.isfinite(values).all():
             return  # the non-finite check speaks
         # under a warm-up the loss is judged from where the rate reached half its present value
         k0 = 0
