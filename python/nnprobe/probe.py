@@ -149,7 +149,6 @@ class Probe:
         self._snap: list[tuple[Any, int, int, Any]] = []
         self._inputs: list[tuple[Any, Any]] = []
         self._fwd_grad = 0
-        self._fwd_training = False
         self._explicit: dict[int, float] = {}
         self._observed_loss: float | None = None
         self._loss_tensors: list[Any] = []
@@ -170,6 +169,7 @@ class Probe:
         self._cheap: deque[float] = deque(maxlen=32)
         self._own_cheap = 0.0
         self._cost_est: float | None = None
+        self._bare_boot: float | None = None
         self._spent = 0.0
         self._next_auto = FORCED_FIRST
 
@@ -189,7 +189,7 @@ class Probe:
         self._hooks = hooks.HookSet()
         self._sampled_hooks = hooks.HookSet()
         self._hookset = hooks.HookSet
-        self._hooks.forward_pre(model, self._on_root_forward, with_kwargs=True)
+        self._hooks.forward_pre(model, self._make_root_hook(), with_kwargs=True)
         if opts:
             self._hooks.optimizer(opts[0], self._on_step_pre, self._on_step_post)
         losses.attach(self._loss_obs)
@@ -367,34 +367,42 @@ class Probe:
             log.warning("nnprobe: %s failed and is switched off for this run (training is not affected): %r", where, exc)
 
     # ================================================================== hooks: every step
-    def _on_root_forward(self, module: Any, args: Any, kwargs: Any) -> None:
-        if self._busy:
-            return None
-        torch = self._torch
-        try:
-            if torch.is_grad_enabled():
+    def _make_root_hook(self) -> Any:
+        is_grad_enabled = self._torch.is_grad_enabled
+
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            # the hot path: a training forward only keeps a reference to its inputs (for locating
+            # a non-finite loss later) and counts itself
+            if is_grad_enabled():
                 if self._fwd_grad == 0:
-                    self._inputs = []
-                if len(self._inputs) < 8:
+                    self._inputs = [(args, kwargs)]
+                elif len(self._inputs) < 8:
                     self._inputs.append((args, kwargs))
                 self._fwd_grad += 1
-                if not self._fwd_training and self._train_sensitive:
-                    self._fwd_training = any(m.training for _, m in self._train_sensitive)
-            elif self._sensitive and self._checks_on:
-                training = [(n, m) for n, m in self._sensitive if m.training]
-                # torch.optim.swa_utils.update_bn recalibrates BatchNorm this way on purpose
-                if training and not all(getattr(m, "momentum", 0.1) is None for _, m in training):
-                    name, m = training[0]
-                    more = f" and {len(training) - 1} other Dropout/BatchNorm layers" if len(training) > 1 else ""
-                    self._emit("train-mode-eval",
-                               f"a forward ran with gradients disabled (an evaluation) while {self._label(name)}{more} "
-                               f"{'were' if more else 'was'} in train mode", name, self._step,
-                               {"modules_in_train_mode": [n for n, _ in training]})
+            elif self._sensitive and not self._busy:
+                self._eval_forward()
+            return None
+
+        return hook
+
+    def _eval_forward(self) -> None:
+        """A forward with gradients disabled: an evaluation. Dropout/BatchNorm should be in eval mode."""
+        if not self._checks_on:
+            return
+        try:
+            training = [(n, m) for n, m in self._sensitive if m.training]
+            # torch.optim.swa_utils.update_bn recalibrates BatchNorm this way on purpose
+            if training and not all(getattr(m, "momentum", 0.1) is None for _, m in training):
+                name, m = training[0]
+                more = f" and {len(training) - 1} other Dropout/BatchNorm layers" if len(training) > 1 else ""
+                self._emit("train-mode-eval",
+                           f"a forward ran with gradients disabled (an evaluation) while {self._label(name)}{more} "
+                           f"{'were' if more else 'was'} in train mode", name, self._step,
+                           {"modules_in_train_mode": [n for n, _ in training]})
         except DiagnosticError:
             raise
         except Exception as e:  # noqa: BLE001
             self._fail("forward checks", e)
-        return None
 
     def _on_step_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
         if self._busy or self._closed:
@@ -413,19 +421,23 @@ class Probe:
         if self._busy or self._closed:
             return None
         t0 = time.perf_counter()
+        rec = self._record
+        s = self._step
         try:
             self._post_step()
         except DiagnosticError:
             raise
         except Exception as e:  # noqa: BLE001
             self._fail("step bookkeeping", e)
-            self._step += 1
-        self._charge(time.perf_counter() - t0)
+            self._step = s + 1
+        self._charge(time.perf_counter() - t0, rec)
+        self._clock(s, rec)
         return None
 
-    def _charge(self, dt: float) -> None:
-        if self._record is not None:
-            self._record.own_time += dt
+    def _charge(self, dt: float, rec: Any = False) -> None:
+        rec = self._record if rec is False else rec
+        if rec is not None:
+            rec.own_time += dt
         else:
             self._own_cheap += dt
 
@@ -460,7 +472,9 @@ class Probe:
                      and (not self._opts or id(p) in self._in_opt)]
             if not cands:
                 return
-            picks = [cands[0]] if len(cands) == 1 else [cands[0], cands[-1]]
+            # one is enough (zero_grad() is called for all parameters at once) and each costs a
+            # Python call per backward: the last one, usually the output layer, always in the graph
+            picks = [cands[-1]]
             for i, (p, n) in enumerate(picks):
                 self._sentinels.append((p, n))
                 self._sentinel_state.append(None)
@@ -660,7 +674,7 @@ class Probe:
             self._loss_tensors.extend(tens)
         if self._step in self._explicit:
             return self._explicit.pop(self._step)
-        return float(np.mean(vals)) if vals else None
+        return sum(vals) / len(vals) if vals else None
 
     def _pre_step(self) -> None:
         s = self._step
@@ -678,16 +692,8 @@ class Probe:
                 late = True
         if late and not self._dist:
             self._force_next = True
-        if self._checks_on and self._train_sensitive and self._fwd_grad > 0 and not self._fwd_training:
-            name, m = self._train_sensitive[0]
-            n = len(self._train_sensitive)
-            more = f" and the {n - 1} other Dropout/BatchNorm layers" if n > 1 else ""
-            self._emit("eval-mode-training",
-                       f"optimizer step {s} follows a forward in eval mode: {self._label(name)}{more} were not in train "
-                       "mode (call model.train() after evaluating)", name, s,
-                       {"modules": [k for k, _ in self._train_sensitive]})
+        self._check_modes(s)
         self._fwd_grad = 0
-        self._fwd_training = False
         if self._checks_on:
             for p, pname, owner in self._outside:
                 if p.grad is not None:
@@ -709,6 +715,17 @@ class Probe:
         if rec is not None:
             self._take_params(rec)
 
+    def _check_modes(self, s: int) -> None:
+        """eval-mode-training: a training step while every Dropout/BatchNorm is in eval mode (one
+        layer kept in eval on purpose, a frozen BatchNorm, is not flagged)."""
+        if self._checks_on and self._train_sensitive and not any(m.training for _, m in self._train_sensitive):
+            name, m = self._train_sensitive[0]
+            n = len(self._train_sensitive)
+            more = f" and the {n - 1} other Dropout/BatchNorm layers" if n > 1 else ""
+            self._emit("eval-mode-training",
+                       f"training step {s} runs with {self._label(name)}{more} in eval mode (call model.train() "
+                       "after evaluating)", name, s, {"modules": [k for k, _ in self._train_sensitive]})
+
     def _post_step(self) -> None:
         s = self._step
         rec = self._record
@@ -728,7 +745,6 @@ class Probe:
             self._set_loss(s, self._observed_loss)
             self._observed_loss = None
         self._finish_pending(s)
-        self._clock(s, rec)
         self._step = s + 1
         if self._loss_buffer and self._loss_buffer[0][0] <= s - 100:
             for sk in self._sinks:
@@ -781,12 +797,15 @@ class Probe:
                     mat[row, DEAD] = dead_arr[row]
                 elif fin[row] > 0:
                     mat[row, SATURATED] = sat_arr[row] / fin[row]
-        for row, aux in rec.aux.items():
-            if present[row] and moments[aux, T.COUNT] > 0:
-                w = T.rms(pub[aux : aux + 1])[0]
-                u = T.rms(pub[row : row + 1])[0]
-                if math.isfinite(w) and w > 1e-6 and math.isfinite(u):  # weights still about zero: no ratio
-                    mat[row, RATIO] = u / w
+        if rec.aux:
+            urows = np.fromiter(rec.aux.keys(), dtype=np.int64)
+            arows = np.fromiter(rec.aux.values(), dtype=np.int64)
+            rms_all = T.rms(pub)
+            w, u = rms_all[arows], rms_all[urows]
+            with np.errstate(all="ignore"):
+                # weights still about zero (a bias at init) have no meaningful ratio
+                ok = present[urows] & np.isfinite(w) & (w > 1e-6) & np.isfinite(u)
+                mat[urows[ok], RATIO] = u[ok] / w[ok]
         self._history.append(rec.step, mat.astype(np.float32))
         hists = {row: c for row, c in rec.hists.items() if row < R and not self._dist}
         for i, row in enumerate(rec.act_order):
@@ -815,7 +834,9 @@ class Probe:
             self._bare.append(dt)
             self._cheap.append(self._own_cheap)
         else:
-            bare = self._bare_estimate(dt - rec.own_time)
+            base = dt - rec.own_time
+            self._bare_boot = base if self._bare_boot is None else min(self._bare_boot, base)
+            bare = self._bare_estimate(base)
             extra = max(dt - bare, rec.own_time)
             self._spent += extra
             self._cost_est = extra if self._cost_est is None else 0.7 * self._cost_est + 0.3 * extra
@@ -824,6 +845,8 @@ class Probe:
     def _bare_estimate(self, fallback: float) -> float:
         if len(self._bare) >= 3:
             return max(float(np.median(self._bare)) - float(np.median(self._cheap)), 1e-9)
+        if self._bare_boot is not None:  # no unsampled step yet: the sampled ones less our own time
+            return max(min(self._bare_boot, fallback), 1e-9)
         return max(fallback, 1e-9)
 
     def _proposal(self, rec: Any) -> int:
@@ -843,13 +866,14 @@ class Probe:
     # ================================================================== the loss
     def _is_jump(self, loss: float) -> bool:
         r = self._recent_losses
-        jump = False
-        if len(r) >= 10:
-            arr = np.fromiter(r, dtype=np.float64)
-            med = float(np.median(arr))
-            mad = float(np.median(np.abs(arr - med))) * 1.4826
-            jump = loss - med > JUMP_Z * max(mad, 1e-12, 1e-3 * abs(med))
-        return jump
+        if len(r) < 10:
+            return False
+        # a robust z-score against the last 32 losses (sorting 32 floats beats numpy's call overhead)
+        ys = sorted(r)
+        med = ys[len(ys) // 2]
+        dev = sorted(abs(y - med) for y in ys)
+        mad = dev[len(dev) // 2] * 1.4826
+        return loss - med > JUMP_Z * max(mad, 1e-12, 1e-3 * abs(med))
 
     def _set_loss(self, step: int, value: float) -> None:
         self._history.set_loss(step, value)
@@ -998,13 +1022,15 @@ class Probe:
             if late and not self._dist:
                 self._force_next = True
             self._observed_loss = observed
+            if self._fwd_grad > 0:
+                self._check_modes(s)
             self._fwd_grad = 0
-            self._fwd_training = False
             rec = self._record
             if rec is not None:
                 self._take_updates(rec)
-            self._charge(time.perf_counter() - t0)
             self._end_step(s, rec)
+            self._charge(time.perf_counter() - t0, rec)
+            self._clock(s, rec)
         except DiagnosticError:
             raise
         except Exception as e:  # noqa: BLE001

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._tensor import Readback
+from .._tensor import Readback  # noqa: F401  (device inputs)
 
 # function -> how its first argument is judged (None: only the value is observed)
 TAPPED: dict[str, str | None] = {
@@ -100,14 +100,24 @@ def _input_and_reduction(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple
     return x, reduction
 
 
-def _format_vector(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """A few figures of the first rows of a loss input (stays on its device)."""
+def _format_vector(kind: str, x: torch.Tensor) -> tuple[Any, int]:
+    """A few figures of the first rows of a loss input: a NumPy array for a CPU input (NumPy's
+    small-array calls are several times cheaper than torch's), else a tensor on its device."""
     x = x.detach()
     cdim = 1 if x.ndim >= 2 else 0
     if x.ndim >= 2:
         x = x[:ROWS]
         for d in range(2, x.ndim):
             x = x.narrow(d, 0, min(4, x.shape[d]))
+    if x.device.type == "cpu":
+        a = x.numpy() if x.dtype in (torch.float32, torch.float64) else x.float().numpy()
+        if kind == "logits":
+            return np.array([a.min(), a.max(), np.abs(a.sum(axis=cdim) - 1).max()]), a.size
+        if kind == "log-probs":
+            m = a.max(axis=cdim, keepdims=True)
+            lse = np.log(np.exp(a - m).sum(axis=cdim)) + m.squeeze(cdim)
+            return np.array([a.max(), np.abs(lse).max()]), a.size
+        return np.array([a.min(), a.max()]), a.size
     x = x.float()
     if kind == "logits":
         mn, mx = torch.aminmax(x)
@@ -153,13 +163,14 @@ class LossObserver:
             self._calls[name] = n + 1
             if n < CHECK_FIRST or n % CHECK_EVERY == 0:
                 vec, count = _format_vector(kind, x)
-                self._pending.append((name, kind, count, p._step, Readback(vec)))
+                self._pending.append((name, kind, count, p._step, vec if isinstance(vec, np.ndarray) else Readback(vec)))
             if training and not self._init_done and reduction == "mean" and isinstance(out, torch.Tensor) and out.numel() == 1:
                 self._init_done = True
                 cdim = 1 if x.ndim >= 2 else 0
                 classes = 2 if kind == "binary-logits" else int(x.shape[cdim])
                 if classes >= 2:
-                    self._pending.append((name, "init", classes, p._step, Readback(out.detach().float().reshape(1))))
+                    v = out.detach().float().reshape(1)
+                    self._pending.append((name, "init", classes, p._step, v.numpy() if v.device.type == "cpu" else Readback(v)))
             if out.device.type == "cpu" or len(self._pending) > 64:
                 self.resolve()
         except Exception as e:  # noqa: BLE001 - diagnostics never break training
@@ -171,7 +182,7 @@ class LossObserver:
         """Judge the format checks whose figures have reached the host."""
         keep = []
         for item in self._pending:
-            if wait or item[4].ready():
+            if wait or isinstance(item[4], np.ndarray) or item[4].ready():
                 self._judge(*item)
             else:
                 keep.append(item)
@@ -182,8 +193,8 @@ class LossObserver:
         self.values, self.tensors = [], []
         return v, t
 
-    def _judge(self, name: str, kind: str, count: int, step: int, rb: Readback) -> None:
-        v = rb.get()
+    def _judge(self, name: str, kind: str, count: int, step: int, rb: Any) -> None:
+        v = rb if isinstance(rb, np.ndarray) else rb.get()
         p = self._p
         if kind == "init":
             loss = float(v[0])

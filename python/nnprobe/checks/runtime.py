@@ -95,6 +95,8 @@ class RuntimeChecks:
     def _nonfinite(self, step: int, mat: np.ndarray, act_order: list[int], grad_order: list[int]) -> None:
         p = self._p
         rows = p._rows.rows
+        if not np.nansum(mat[:, _C["nan"]] + mat[:, _C["inf"]]):
+            return
         for i in act_order:
             if rows[i].kind == "activations" and _nonfinite(mat[i]):
                 r = mat[i]
@@ -130,10 +132,9 @@ class RuntimeChecks:
 
     def _units(self, step: int, mat: np.ndarray) -> None:
         p = self._p
-        for i, r in enumerate(p._rows.rows):
-            if r.kind != "activations":
-                continue
-            unit = r.meta.get("unit")
+        rows = p._rows.rows
+        for i, unit in p._row_unit.items():
+            r = rows[i]
             if unit == "relu":
                 dead = mat[i, DEAD]
                 if np.isnan(dead):
@@ -207,7 +208,7 @@ class RuntimeChecks:
             q.append((ratio, lr))
             if len(q) < RATIO_WINDOW:
                 continue
-            med = float(np.median([a for a, _ in q]))
+            med = _median([a for a, _ in q])
             lrs = [b for _, b in q if b is not None]
             if med > RATIO_HIGH:
                 p._emit("update-ratio", f"rms(update)/rms(weight) of {rows[i].name} has a median of {med:.3g} over the "
@@ -293,6 +294,12 @@ class RuntimeChecks:
                           f"the median loss of the last {w} steps is {last:.4g}, against {first:.4g} over the first {w} "
                           f"(steps {int(steps[k0])}..{int(steps[-1])}): no progress",
                           None, step, {"first_median": first, "last_median": last, "window": w, "steps": n})
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
 
 
 def _lr_text(lrs: list[float]) -> str:
