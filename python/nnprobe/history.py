@@ -120,7 +120,10 @@ class History:
     def __init__(self, rows: Rows, *, capacity: int = 2048, loss_capacity: int = 1 << 20, hist_capacity: int = 256) -> None:
         self.rows = rows
         self._mats = _Growing((len(rows), NF), np.float32, capacity, np.nan)
-        self._loss = _Growing((), np.float64, loss_capacity, np.nan)
+        # plain lists: an append per step costs far less than a NumPy write
+        self._loss_steps: list[int] = []
+        self._loss_values: list[float] = []
+        self._loss_capacity = loss_capacity
         self._hist_capacity = hist_capacity
         self.hists: list[tuple[int, np.ndarray, np.ndarray]] = []  # (step, row indices, counts [k, 64])
 
@@ -128,9 +131,18 @@ class History:
     def append(self, step: int, mat: np.ndarray) -> None:
         self._mats.offer(step, mat)
 
-    def set_loss(self, step: int, value: float) -> None:
-        if not self._loss.replace_last(step, value):
-            self._loss.offer(step, value)
+    def set_loss(self, step: int, value: float) -> bool:
+        """Record a step's loss; True when it replaced the one already there for that step."""
+        steps = self._loss_steps
+        if steps and steps[-1] == step:
+            self._loss_values[-1] = value
+            return True
+        steps.append(step)
+        self._loss_values.append(value)
+        if len(steps) > self._loss_capacity:  # keep every other one
+            self._loss_steps = steps[::2]
+            self._loss_values = self._loss_values[::2]
+        return False
 
     def add_hist(self, step: int, rows: np.ndarray, counts: np.ndarray) -> None:
         if len(self.hists) >= self._hist_capacity:
@@ -148,7 +160,7 @@ class History:
         return self._mats.data[: self._mats.n]
 
     def losses(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._loss.steps[: self._loss.n].copy(), self._loss.data[: self._loss.n].copy()
+        return np.array(self._loss_steps, dtype=np.int64), np.array(self._loss_values, dtype=np.float64)
 
     def last(self, row: int) -> np.ndarray | None:
         """The latest sampled figures of a row that was seen, or None."""

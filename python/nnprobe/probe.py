@@ -155,6 +155,7 @@ class Probe:
         self._loss_readback: tuple[int, Any] | None = None
         self._loss_buffer: list[tuple[int, float]] = []
         self._recent_losses: deque[float] = deque(maxlen=32)
+        self._jump_limit = math.inf
         self._force_next = False
         self._located = 0
         self._nonfinite_step = -1
@@ -596,11 +597,11 @@ class Probe:
 
     def _begin_step(self) -> None:
         """Before the forward of step `self._step`: arm the sampled-step hooks if it is sampled."""
-        from ._record import StepRecord
-
+        sampled = self._is_sampled(self._step)
         self._force_next = False
-        if not self._is_sampled(self._step) or self._closed:
+        if not sampled or self._closed:
             return
+        from ._record import StepRecord
         hist = self._sampled_count % HIST_EVERY == 0
         self._sampled_count += 1
         rec = StepRecord(self._step, len(self._rows), self._policy, hist=hist)
@@ -669,16 +670,21 @@ class Probe:
     def _step_loss(self) -> float | None:
         """The loss of the step in progress: given by probe.step(loss) before the optimizer step,
         else the mean of the training loss calls observed."""
-        vals, tens = self._loss_obs.take_values()
-        if tens:
-            self._loss_tensors.extend(tens)
+        obs = self._loss_obs
+        vals = obs.values
+        if vals:
+            obs.values = []
+        if obs.tensors:
+            self._loss_tensors.extend(obs.tensors)
+            obs.tensors = []
         if self._step in self._explicit:
             return self._explicit.pop(self._step)
         return sum(vals) / len(vals) if vals else None
 
     def _pre_step(self) -> None:
         s = self._step
-        self._loss_obs.resolve()
+        if self._loss_obs._pending:
+            self._loss_obs.resolve()
         loss = self._step_loss()
         self._observed_loss = loss
         # device losses (CUDA) of this step are read at the next step, without waiting
@@ -700,12 +706,13 @@ class Probe:
                     self._emit("param-not-in-optimizer",
                                f"{pname} receives gradients (norm {float(p.grad.detach().norm()):.3g}) but is in no "
                                "param group of the optimizer: it never changes", owner, s, {"param": pname})
-        for oi, opt in enumerate(self._opts):
-            for gi, group in enumerate(opt.param_groups):
-                lr = group.get("lr")
-                if isinstance(lr, (int, float)) and lr > self._lr_max.get((oi, gi), -1.0):
-                    self._lr_max[(oi, gi)] = float(lr)
         rec = self._record
+        if rec is not None or late:
+            for oi, opt in enumerate(self._opts):
+                for gi, group in enumerate(opt.param_groups):
+                    lr = group.get("lr")
+                    if isinstance(lr, (int, float)) and lr > self._lr_max.get((oi, gi), -1.0):
+                        self._lr_max[(oi, gi)] = float(lr)
         if rec is None and late and not self._dist:
             # a non-finite or jumping loss on a step that was not sampled: its gradients and weights
             # are still here, before the update
@@ -746,7 +753,7 @@ class Probe:
             self._observed_loss = None
         self._finish_pending(s)
         self._step = s + 1
-        if self._loss_buffer and self._loss_buffer[0][0] <= s - 100:
+        if self._sinks and self._loss_buffer and self._loss_buffer[0][0] <= s - 100:
             for sk in self._sinks:
                 try:
                     sk.losses(self._loss_buffer)
@@ -865,37 +872,45 @@ class Probe:
 
     # ================================================================== the loss
     def _is_jump(self, loss: float) -> bool:
+        """A loss far above the recent ones: a robust z-score against the last 32 losses. The limit
+        is refreshed every 8 losses (sorting on every step would cost more than the check)."""
+        return loss > self._jump_limit
+
+    def _refresh_jump_limit(self) -> None:
         r = self._recent_losses
         if len(r) < 10:
-            return False
-        # a robust z-score against the last 32 losses (sorting 32 floats beats numpy's call overhead)
+            self._jump_limit = math.inf
+            return
         ys = sorted(r)
         med = ys[len(ys) // 2]
         dev = sorted(abs(y - med) for y in ys)
         mad = dev[len(dev) // 2] * 1.4826
-        return loss - med > JUMP_Z * max(mad, 1e-12, 1e-3 * abs(med))
+        self._jump_limit = med + JUMP_Z * max(mad, 1e-12, 1e-3 * abs(med))
 
     def _set_loss(self, step: int, value: float) -> None:
-        self._history.set_loss(step, value)
-        if self._loss_buffer and self._loss_buffer[-1][0] == step:
-            self._loss_buffer[-1] = (step, value)
-        else:
-            self._loss_buffer.append((step, value))
-            if math.isfinite(value):
-                self._recent_losses.append(value)
+        replaced = self._history.set_loss(step, value)
+        if self._sinks:
+            if replaced and self._loss_buffer and self._loss_buffer[-1][0] == step:
+                self._loss_buffer[-1] = (step, value)
+            else:
+                self._loss_buffer.append((step, value))
+        if not replaced and value == value and value not in (math.inf, -math.inf):
+            r = self._recent_losses
+            r.append(value)
+            if len(r) >= 10 and len(self._history._loss_steps) % 8 == 0:
+                self._refresh_jump_limit()
         if self._checks_on:
-            lr = math.nan
-            if self._opts and self._opts[0].param_groups:
-                try:
-                    lr = float(self._opts[0].param_groups[0]["lr"])
-                except (KeyError, TypeError, ValueError):
-                    pass
+            lr = self._lr0() if self._opts else math.nan
             self._checks.on_loss(step, value, lr)
+
+    def _lr0(self) -> float:
+        try:
+            return float(self._opts[0].param_groups[0]["lr"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            return math.nan
 
     def _resolve_device_losses(self, s: int) -> None:
         """CUDA losses: start their copy now, judge them at the next step (no wait in the step)."""
-        from ._tensor import Readback
-
         if self._loss_readback is not None:
             step, rb = self._loss_readback
             vals = rb.get()
@@ -910,7 +925,7 @@ class Probe:
         if self._loss_tensors:
             t = self._torch.stack([x.float() for x in self._loss_tensors])
             self._loss_tensors = []
-            self._loss_readback = (s, Readback(t))
+            self._loss_readback = (s, self._T.Readback(t))
 
     def _on_nonfinite_loss(self, step: int, value: float, *, before_update: bool) -> None:
         if not self._checks_on or self._nonfinite_step == step:

@@ -156,6 +156,10 @@ class LossObserver:
                     self.tensors.append(out.detach().reshape(()))
             if kind is None:
                 return
+            n = self._calls.get(name, 0)
+            if n >= CHECK_FIRST and n % CHECK_EVERY and self._init_done:
+                self._calls[name] = n + 1
+                return  # the hot path after the first calls: only the value was wanted
             x, reduction = _input_and_reduction(args, kwargs)
             if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
                 return

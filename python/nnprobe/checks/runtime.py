@@ -40,6 +40,7 @@ RATIO_LOW = 1e-5
 RATIO_HIGH = 1e-1
 RATIO_WINDOW = 10
 RATIO_MIN_RMS = 1e-6
+RATIO_SETTLED = 1.5
 # exploding/vanishing gradients: the rms gradient of the first weight layer (in forward order)
 # over the last one's, on GRAD_STEPS sampled steps in a row. AUTOTRAINER uses gradient-norm
 # ratios of 70 and 1e-3; norms grow with layer size, so nnprobe compares rms values and keeps a
@@ -76,8 +77,7 @@ class RuntimeChecks:
         self._updated: set[int] = set()
         self._norm0: list[float] = []
         self._losses_seen = 0
-        self._loss = np.zeros((256, 3))
-        self._nloss = 0
+        self._loss: list[tuple[int, float, float]] = []
 
     def _persist(self, key: tuple[str, int], cond: bool) -> int:
         n = self._streak.get(key, 0) + 1 if cond else 0
@@ -204,13 +204,18 @@ class RuntimeChecks:
             if not math.isfinite(ratio) or ratio <= 0:
                 continue  # not updated this step (no gradient), or weights about zero
             lr = p._lr_of(rows[i].name)
+            w = p._rows.find(rows[i].name, "weights")
+            scale = _rms(mat[w]) if w is not None and not np.isnan(mat[w, 0]) else math.nan
             q = self._ratios.setdefault(i, deque(maxlen=RATIO_WINDOW))
-            q.append((ratio, lr))
+            q.append((ratio, lr, scale))
             if len(q) < RATIO_WINDOW:
                 continue
-            med = _median([a for a, _ in q])
-            lrs = [b for _, b in q if b is not None]
-            if med > RATIO_HIGH:
+            med = _median([a for a, _, _ in q])
+            lrs = [b for _, b, _ in q if b is not None]
+            # a weight growing from zero (a zero-initialised position embedding) has a large ratio
+            # until its scale settles: judged once it grew less than RATIO_SETTLED-fold over the window
+            settled = not (q[0][2] > 0 and q[-1][2] > RATIO_SETTLED * q[0][2])
+            if med > RATIO_HIGH and settled:
                 p._emit("update-ratio", f"rms(update)/rms(weight) of {rows[i].name} has a median of {med:.3g} over the "
                         f"last {RATIO_WINDOW} sampled steps (flagged above {RATIO_HIGH:g}; ~1e-3 is typical): "
                         f"the learning rate{_lr_text(lrs)} is too high for this layer",
@@ -256,24 +261,21 @@ class RuntimeChecks:
 
     # ------------------------------------------------------------------ the loss
     def on_loss(self, step: int, value: float, lr: float) -> None:
-        n = self._nloss
-        if n and self._loss[n - 1, 0] == step:
-            self._loss[n - 1] = (step, value, lr)  # probe.step(loss) after the observed value: it wins
+        ls = self._loss
+        if ls and ls[-1][0] == step:
+            ls[-1] = (step, value, lr)  # probe.step(loss) after the observed value: it wins
         else:
-            if n == len(self._loss):
-                if n >= 100_000:  # keep every other one: the windows scale with the length anyway
-                    half = self._loss[::2].copy()
-                    self._loss[: len(half)] = half
-                    n = self._nloss = len(half)
-                    self._losses_seen = n
-                else:
-                    self._loss = np.concatenate([self._loss, np.zeros_like(self._loss)])
-            self._loss[n] = (step, value, lr)
-            n = self._nloss = n + 1
-        if n < LOSS_MIN or n - self._losses_seen < max(10, n // 100):
+            ls.append((step, value, lr))
+            if len(ls) > 100_000:  # keep every other one: the windows scale with the length anyway
+                self._loss = ls = ls[::2]
+                self._losses_seen = len(ls)
+        n = len(ls)
+        # judged every 10 losses early on, then every n/10: the cost per step stays tiny
+        if n < LOSS_MIN or n - self._losses_seen < max(10, n // 10):
             return
         self._losses_seen = n
-        steps, values, lrs = self._loss[:n, 0], self._loss[:n, 1], self._loss[:n, 2]
+        arr = np.array(ls, dtype=np.float64)
+        steps, values, lrs = arr[:, 0], arr[:, 1], arr[:, 2]
         if not np.isfinite(values).all():
             return  # the non-finite check speaks
         # under a warm-up the loss is judged from where the rate reached half its present value
