@@ -161,7 +161,7 @@ class Probe:
         self._nonfinite_step = -1
         self._sentinels: list[tuple[Any, str]] = []
         self._sentinel_state: list[Any] = []
-        self._lr_max: dict[tuple[int, int], float] = {}
+        self._lr_peak: dict[tuple[int, int], float] = {}
         self._pos: dict[str, int] = {}
         self._sampled_count = 0
         # timing for every="auto"
@@ -322,8 +322,18 @@ class Probe:
         return f"'{module}' ({t})" if t else f"'{module}'"
 
     def _module_position(self, module: str) -> int:
-        pos = self._pos.get(module)
-        return pos if pos is not None else 100_000 + self._reg_pos.get(module, 0)
+        """Where a module first ran in the forward (a module never called itself, like
+        MultiheadAttention's out_proj whose weight its parent uses, takes its nearest ancestor's
+        place); registration order for modules never seen."""
+        name = module
+        while True:
+            pos = self._pos.get(name)
+            if pos is not None:
+                return pos
+            if name in ("", ROOT) or "." not in name:
+                break
+            name = name.rpartition(".")[0]
+        return 100_000 + self._reg_pos.get(module, 0)
 
     def _lr_of(self, pname: str) -> float | None:
         g = self._param_group.get(pname)
@@ -336,7 +346,7 @@ class Probe:
 
     def _lr_max(self, pname: str) -> float:
         g = self._param_group.get(pname)
-        return self._lr_max.get(g, 0.0) if g is not None else 0.0
+        return self._lr_peak.get(g, 0.0) if g is not None else 0.0
 
     # ================================================================== findings
     def _emit(self, code: str, message: str, module: str | None, step: int | None, data: dict[str, Any],
@@ -344,6 +354,9 @@ class Probe:
         if not self._checks_on:
             return
         key = (code, module)
+        if code == "non-finite":
+            # only the first place NaN/Inf appears matters; what follows is its consequence
+            key = next((k for k in self._fidx if k[0] == code), key)
         idx = self._fidx.get(key)
         if idx is not None:
             f = self._findings[idx]
@@ -711,8 +724,8 @@ class Probe:
             for oi, opt in enumerate(self._opts):
                 for gi, group in enumerate(opt.param_groups):
                     lr = group.get("lr")
-                    if isinstance(lr, (int, float)) and lr > self._lr_max.get((oi, gi), -1.0):
-                        self._lr_max[(oi, gi)] = float(lr)
+                    if isinstance(lr, (int, float)) and lr > self._lr_peak.get((oi, gi), -1.0):
+                        self._lr_peak[(oi, gi)] = float(lr)
         if rec is None and late and not self._dist:
             # a non-finite or jumping loss on a step that was not sampled: its gradients and weights
             # are still here, before the update
@@ -771,7 +784,8 @@ class Probe:
                 break
             self._pending.popleft()
             try:
-                self._finalize(col)
+                with np.errstate(all="ignore"):  # overflowing figures are data here, not errors
+                    self._finalize(col)
             except DiagnosticError:
                 raise
             except Exception as e:  # noqa: BLE001

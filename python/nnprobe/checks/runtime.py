@@ -72,7 +72,8 @@ class RuntimeChecks:
     def __init__(self, probe: Any) -> None:
         self._p = probe
         self._streak: dict[tuple[str, int], int] = {}
-        self._ratios: dict[int, deque[tuple[float, float]]] = {}
+        self._ratios: dict[int, deque[tuple[float, float | None, float]]] = {}
+        self._first_rms: dict[int, float] = {}
         self._first_weights: dict[int, tuple[int, np.ndarray]] = {}
         self._updated: set[int] = set()
         self._norm0: list[float] = []
@@ -166,7 +167,7 @@ class RuntimeChecks:
         first, last = layers[0], layers[-1]
         g_first, g_last = _rms(mat[first]), _rms(mat[last])
         # the global norm, for growth over time
-        norm = math.sqrt(sum(float(mat[i, _C["l2"]]) ** 2 for i in layers))
+        norm = float(np.sqrt(np.sum(mat[layers, _C["l2"]].astype(np.float64) ** 2)))
         if len(self._norm0) < 3:
             if norm > 0:
                 self._norm0.append(norm)
@@ -177,8 +178,11 @@ class RuntimeChecks:
             ratio = g_first / g_last
         else:
             ratio = math.nan
-        n = self._persist(("explode", 0), (ratio > EXPLODE_RATIO) or growth > EXPLODE_GROWTH)
-        if n >= GRAD_STEPS:
+        n_ratio = self._persist(("explode-ratio", 0), ratio > EXPLODE_RATIO)
+        n_growth = self._persist(("explode-growth", 0), growth > EXPLODE_GROWTH)
+        # a diverging run goes from a 1e4-fold growth to Inf in a few steps: two sampled steps suffice
+        if n_ratio >= GRAD_STEPS or n_growth >= 2 or growth > 100 * EXPLODE_GROWTH:
+            n = max(n_ratio, n_growth)
             if growth > EXPLODE_GROWTH:
                 msg = (f"the gradient norm is {norm:.3g}, {growth:.3g}x its value on the first sampled steps, "
                        f"{n} sampled steps in a row")
@@ -200,21 +204,24 @@ class RuntimeChecks:
         p = self._p
         rows = p._rows.rows
         for i in p._ratio_rows:
+            w = p._rows.find(rows[i].name, "weights")
+            scale = _rms(mat[w]) if w is not None and not np.isnan(mat[w, 0]) else math.nan
+            if i not in self._first_rms and math.isfinite(scale):
+                self._first_rms[i] = scale
             ratio = float(mat[i, RATIO])
             if not math.isfinite(ratio) or ratio <= 0:
                 continue  # not updated this step (no gradient), or weights about zero
             lr = p._lr_of(rows[i].name)
-            w = p._rows.find(rows[i].name, "weights")
-            scale = _rms(mat[w]) if w is not None and not np.isnan(mat[w, 0]) else math.nan
             q = self._ratios.setdefault(i, deque(maxlen=RATIO_WINDOW))
             q.append((ratio, lr, scale))
             if len(q) < RATIO_WINDOW:
                 continue
             med = _median([a for a, _, _ in q])
             lrs = [b for _, b, _ in q if b is not None]
-            # a weight growing from zero (a zero-initialised position embedding) has a large ratio
+            # a weight grown from zero (a zero-initialised position embedding) has a large ratio
             # until its scale settles: judged once it grew less than RATIO_SETTLED-fold over the window
-            settled = not (q[0][2] > 0 and q[-1][2] > RATIO_SETTLED * q[0][2])
+            from_zero = not (self._first_rms.get(i, math.nan) > RATIO_MIN_RMS)
+            settled = not (from_zero and q[0][2] > 0 and q[-1][2] > RATIO_SETTLED * q[0][2])
             if med > RATIO_HIGH and settled:
                 p._emit("update-ratio", f"rms(update)/rms(weight) of {rows[i].name} has a median of {med:.3g} over the "
                         f"last {RATIO_WINDOW} sampled steps (flagged above {RATIO_HIGH:g}; ~1e-3 is typical): "
