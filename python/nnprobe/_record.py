@@ -23,6 +23,14 @@ from ._tensor import (
 HIST_BINS = int(_core.HIST_BINS)
 
 
+PARALLEL_MIN = 1 << 21  # elements in a batch below which the core's parallel pass does not pay
+
+
+def _size(x: Any) -> int:
+    n = getattr(x, "size", None)
+    return n if isinstance(n, int) else x.numel()
+
+
 def _public(s: Any) -> list[float]:
     return [s.count, s.nan, s.inf, s.zeros, s.min, s.max, s.mean, s.std, s.l2, s.absmax, s.absmean]
 
@@ -91,10 +99,16 @@ class StepRecord:
                 t = t.detach().to("cpu")
             hidx.append(row)
             hxs.append(host_input(t))
-        if hxs:
+        if not hxs:
+            return
+        if self.hist or sum(_size(x) for x in hxs) >= PARALLEL_MIN:
             pub = self._host(hidx, hxs)
-            self._pub_idx.extend(hidx)
-            self._pub.append(pub)
+        else:
+            # small tensors: one call each runs on this thread; a batch would wake the core's
+            # thread pool, which costs more than the pass itself while torch's threads hold the cores
+            pub = np.concatenate([core_rows([x]) for x in hxs], axis=0)
+        self._pub_idx.extend(hidx)
+        self._pub.append(pub)
 
     def set_latest(self, row: int, t: torch.Tensor) -> None:
         """Figures of `row` where only the last call counts (a gradient as accumulation goes on)."""

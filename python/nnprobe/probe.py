@@ -224,7 +224,9 @@ class Probe:
         self._watched: list[tuple[Any, int, int, str | None]] = []
         for name, m in named:
             qual = name or ROOT
-            if isinstance(m, nn.modules.loss._Loss):
+            # loss modules (a scalar), and modules that only pass their input on or mask it (their
+            # figures repeat their neighbours', at the cost of a pass each)
+            if isinstance(m, (nn.modules.loss._Loss, nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten, nn.Unflatten)):
                 continue
             has_children = next(m.children(), None) is not None
             has_own = next(m.parameters(recurse=False), None) is not None
