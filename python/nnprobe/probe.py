@@ -718,6 +718,9 @@ class Probe:
         if self._checks_on:
             for p, pname, owner in self._outside:
                 if p.grad is not None:
+                    if ("param-not-in-optimizer", owner) in self._fidx:
+                        self._emit("param-not-in-optimizer", "", owner, s, {})  # counted; no norm (a GPU sync)
+                        continue
                     self._emit("param-not-in-optimizer",
                                f"{pname} receives gradients (norm {float(p.grad.detach().norm()):.3g}) but is in no "
                                "param group of the optimizer: it never changes", owner, s, {"param": pname})
