@@ -73,7 +73,6 @@ class RuntimeChecks:
         self._p = probe
         self._streak: dict[tuple[str, int], int] = {}
         self._ratios: dict[int, deque[tuple[float, float | None, float]]] = {}
-        self._first_rms: dict[int, float] = {}
         self._first_weights: dict[int, tuple[int, np.ndarray]] = {}
         self._updated: set[int] = set()
         self._norm0: list[float] = []
@@ -206,8 +205,6 @@ class RuntimeChecks:
         for i in p._ratio_rows:
             w = p._rows.find(rows[i].name, "weights")
             scale = _rms(mat[w]) if w is not None and not np.isnan(mat[w, 0]) else math.nan
-            if i not in self._first_rms and math.isfinite(scale):
-                self._first_rms[i] = scale
             ratio = float(mat[i, RATIO])
             if not math.isfinite(ratio) or ratio <= 0:
                 continue  # not updated this step (no gradient), or weights about zero
@@ -218,10 +215,10 @@ class RuntimeChecks:
                 continue
             med = _median([a for a, _, _ in q])
             lrs = [b for _, b, _ in q if b is not None]
-            # a weight grown from zero (a zero-initialised position embedding) has a large ratio
-            # until its scale settles: judged once it grew less than RATIO_SETTLED-fold over the window
-            from_zero = not (self._first_rms.get(i, math.nan) > RATIO_MIN_RMS)
-            settled = not (from_zero and q[0][2] > 0 and q[-1][2] > RATIO_SETTLED * q[0][2])
+            # a weight that is still growing (from zero, or from a deliberately small init such as a
+            # scaled-down output layer) has a large ratio that falls as it grows: "too high" is judged
+            # once its scale grew less than RATIO_SETTLED-fold over the window
+            settled = not (q[0][2] > 0 and q[-1][2] > RATIO_SETTLED * q[0][2])
             if med > RATIO_HIGH and settled:
                 p._emit("update-ratio", f"rms(update)/rms(weight) of {rows[i].name} has a median of {med:.3g} over the "
                         f"last {RATIO_WINDOW} sampled steps (flagged above {RATIO_HIGH:g}; ~1e-3 is typical): "
