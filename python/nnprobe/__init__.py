@@ -10,6 +10,7 @@ from .checks.layout_trace import LayoutTrace, trace_layout
 from .checks.lint import LintReport, lint
 from .checks.recipe import OverfitReport, ReproReport, check_reproducible, overfit_one_batch
 from .doctor import DoctorReport, doctor
+from .probe import Probe, watch
 from .primitives import (
     STATS_FIELDS,
     get_num_threads,
@@ -53,6 +54,7 @@ __all__ = [
     "Layout",
     "LayoutError",
     "NnprobeError",
+    "Probe",
     "TensorStats",
     "get_num_threads",
     "layout",
@@ -60,4 +62,5 @@ __all__ = [
     "set_num_threads",
     "stats",
     "stats_many",
+    "watch",
 ]

@@ -58,7 +58,8 @@ CATALOGUE: dict[str, Entry] = {
         "Scale down the last layer's weights at init (e.g. multiply by 0.01 or 0.1) and set its bias "
         "to the data's prior; check the input normalisation.",
         "Karpathy, 'A Recipe for Training Neural Networks' (verify loss @ init); TheDeepChecker flags "
-        "an initial loss off by more than 1x of -log(1/C).",
+        "an initial loss off by more than 1x of -log(1/C). nnprobe flags the first training call of cross_entropy / "
+        "nll_loss (expected ln C) or binary_cross_entropy_with_logits (ln 2) above max(2 ln C, ln C + 1).",
     ),
     "zero-grad-missing": Entry(
         "runtime", "error", "Gradients accumulate across optimizer steps",
@@ -66,14 +67,16 @@ CATALOGUE: dict[str, Entry] = {
         "set_to_none) before the next backward, every step applies the sum of all past gradients.",
         "Call optimizer.zero_grad() once per optimizer step, before loss.backward(). Accumulating "
         "over several backwards before one step is fine and is not flagged.",
-        "Karpathy's 'most common neural net mistakes' thread (#3: forgot to .zero_grad()).",
+        "Karpathy's 'most common neural net mistakes' thread (#3: forgot to .zero_grad()). nnprobe checks, at the "
+        "first backward after each optimizer step, whether .grad is still the tensor, at the version, the step used.",
     ),
     "eval-mode-training": Entry(
         "runtime", "error", "Training while Dropout/BatchNorm are in eval mode",
         "In eval mode Dropout does nothing and BatchNorm uses its running statistics, so the model "
         "trains without regularisation and with frozen normalisation.",
         "Call model.train() before the training loop (and after every evaluation pass).",
-        "Karpathy's thread (#2: forgot to toggle train/eval mode).",
+        "Karpathy's thread (#2: forgot to toggle train/eval mode). nnprobe flags an optimizer step while every "
+        "Dropout (p > 0) and BatchNorm is in eval mode; a BatchNorm frozen with its parameters is left out.",
     ),
     "train-mode-eval": Entry(
         "runtime", "warning", "Evaluating while Dropout/BatchNorm are in train mode",
@@ -81,7 +84,9 @@ CATALOGUE: dict[str, Entry] = {
         "batch statistics and updates its running averages: the measured accuracy is noisy and "
         "wrong, and the evaluation data leaks into the running statistics.",
         "Call model.eval() before evaluating and model.train() after.",
-        "Karpathy's thread (#2); pytorch#76383 declined a warning for this, nnprobe judges behaviour.",
+        "Karpathy's thread (#2); pytorch#76383 declined a warning for this, nnprobe judges behaviour: a forward "
+        "with gradients disabled while a Dropout/BatchNorm is in train mode (BatchNorm recalibration with "
+        "momentum=None, as torch.optim.swa_utils.update_bn does, excepted).",
     ),
     "probabilities-into-loss": Entry(
         "runtime", "error", "A loss that wants logits got probabilities",
@@ -90,28 +95,37 @@ CATALOGUE: dict[str, Entry] = {
         "training stalls at a poor loss.",
         "Remove the softmax/sigmoid before the loss; apply it only when you need probabilities.",
         "Karpathy's thread (#5: passed softmaxed outputs to a loss that expects raw logits); "
-        "UMLAUT's softmax/from_logits check.",
+        "UMLAUT's softmax/from_logits check. nnprobe reads the first rows of each input: for cross_entropy, values "
+        "in [0, 1] whose rows sum to 1 within 1e-3 on 2 checked calls in a row; for binary_cross_entropy_with_logits, "
+        "every value in [0, 1] on 10 calls in a row (logits at init straddle 0).",
     ),
     "logits-into-nll": Entry(
         "runtime", "error", "NLLLoss got raw scores instead of log-probabilities",
         "NLLLoss expects log_softmax outputs (all <= 0, logsumexp of each row = 0). On raw scores it "
         "just picks -score[target], which can be driven to -infinity.",
         "Apply log_softmax before NLLLoss, or use CrossEntropyLoss on the raw logits.",
-        "Karpathy's thread (#5); PyTorch's NLLLoss documentation.",
+        "Karpathy's thread (#5); PyTorch's NLLLoss documentation. nnprobe flags inputs with a value above 1e-3 or a "
+        "row whose logsumexp over the class dimension is off 0 by more than 0.05, on 2 checked calls in a row.",
     ),
     "non-finite": Entry(
         "runtime", "error", "NaN or Inf appeared",
         "One NaN in a forward or backward pass poisons every weight it reaches at the next step.",
         "Look at the named module: a log of 0, a division by a small number, a too-high learning "
         "rate, or float16 overflow. Lower the learning rate, clip gradients, add an epsilon.",
-        "SageMaker Debugger ExplodingTensor; DeepDiagnosis; torch.autograd.detect_anomaly (at 1.5x-3x cost).",
+        "SageMaker Debugger ExplodingTensor; DeepDiagnosis; torch.autograd.detect_anomaly (at 1.5x-3x cost). "
+        "nnprobe names the first module: on a non-finite loss it re-runs the step's inputs under no_grad, module "
+        "by module, before the update (RNG and BatchNorm buffers restored); on sampled steps it also reads the "
+        "order of activations and output gradients.",
     ),
     "exploding-gradients": Entry(
         "runtime", "warning", "Gradients are exploding",
         "Gradient norms that grow by orders of magnitude make steps overshoot and end in NaN.",
         "Lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), check the init "
         "and add normalisation layers.",
-        "AUTOTRAINER (ICSE 2021): gradient-norm ratio between layers > 70; TheDeepChecker: > 1e6.",
+        "AUTOTRAINER (ICSE 2021): gradient-norm ratio between layers > 70; TheDeepChecker: > 1e6. nnprobe flags "
+        "a global gradient norm above 1e4x its median over the first sampled steps on 2 sampled steps in a row "
+        "(1e6x once), or a first/last weight layer rms-gradient ratio above 1e3 on 3 in a row (clean MLPs, CNNs "
+        "and transformers stay within 1e-1..1e1).",
     ),
     "vanishing-gradients": Entry(
         "runtime", "warning", "Gradients are vanishing",
@@ -119,7 +133,8 @@ CATALOGUE: dict[str, Entry] = {
         "layers barely learn.",
         "Use ReLU-family activations, residual connections, normalisation, a better init (Kaiming).",
         "AUTOTRAINER: first/last gradient-norm ratio < 1e-3 with the first < 1e-4; SageMaker "
-        "VanishingGradient: mean |g| < 1e-7.",
+        "VanishingGradient: mean |g| < 1e-7. nnprobe compares rms gradients (norms grow with layer size) of the "
+        "first and last weight layers in forward order, embeddings left out: below 1e-4 on 3 sampled steps in a row.",
     ),
     "dead-units": Entry(
         "runtime", "warning", "ReLU units are dead",
@@ -127,7 +142,8 @@ CATALOGUE: dict[str, Entry] = {
         "never recover: capacity silently lost.",
         "Lower the learning rate, use a better init, LeakyReLU/GELU, or normalisation before the ReLU.",
         "SageMaker Debugger DeadRelu (threshold_layer 50%); AUTOTRAINER dying ReLU (>= 70% zero "
-        "gradients); DeepDiagnosis (ratio >= 0.7).",
+        "gradients); DeepDiagnosis (ratio >= 0.7). nnprobe: more than 50% of a ReLU/ReLU6 layer's units zero on "
+        "every example (8 examples per unit at least), on 3 sampled steps in a row.",
     ),
     "saturated-activations": Entry(
         "runtime", "warning", "tanh/sigmoid activations are saturated",
@@ -135,7 +151,8 @@ CATALOGUE: dict[str, Entry] = {
         "Scale down the preceding layer's init (Karpathy's makemore part 3 uses a 5/3/sqrt(fan_in) "
         "gain), add BatchNorm before the nonlinearity, normalise the inputs.",
         "Karpathy, 'Building makemore Part 3': fraction of |tanh| > 0.97; SageMaker SaturatedActivation; "
-        "DeepDiagnosis (> 50% saturated).",
+        "DeepDiagnosis (> 50% saturated). nnprobe: more than 50% of a Tanh's outputs beyond +-0.97 (a Sigmoid's "
+        "outside [0.03, 0.97]) on 3 sampled steps in a row.",
     ),
     "update-ratio": Entry(
         "runtime", "warning", "The update-to-weight ratio is far from ~1e-3",
@@ -144,14 +161,18 @@ CATALOGUE: dict[str, Entry] = {
         "too low (the layer barely moves). Adam at its default gives ~1e-2, which is fine.",
         "Adjust the learning rate (or this layer's group) towards ratios near 1e-3.",
         "Karpathy, 'Building makemore Part 3' (log10 update:data ratio near -3); Stanford CS231n "
-        "notes ('~1e-3'); TheDeepChecker: log10(mean|dw|/mean|w|) outside [-4, -1].",
+        "notes ('~1e-3'); TheDeepChecker: log10(mean|dw|/mean|w|) outside [-4, -1]. nnprobe: the median over the "
+        "last 10 sampled steps of a >= 2-D weight outside [1e-5, 1e-1]; 'too low' only while the learning rate is "
+        "steady and at least 10% of its peak (annealing and warm-up are intended); a weight initialised at zero "
+        "is judged once its scale has settled.",
     ),
     "param-not-in-optimizer": Entry(
         "runtime", "error", "A trainable parameter is not in the optimizer",
         "It receives gradients but no optimizer step ever changes it, usually because the optimizer "
         "was built before a layer was added or from the wrong module.",
         "Build the optimizer from model.parameters() after the model is complete, or add a param group.",
-        "Debugging checklist (weight updates not being applied).",
+        "Debugging checklist (weight updates not being applied). nnprobe: a requires_grad parameter of the "
+        "watched model has a gradient at an optimizer step but is in none of its param groups.",
     ),
     "param-never-updated": Entry(
         "runtime", "warning", "A trainable parameter never changes",
@@ -159,14 +180,18 @@ CATALOGUE: dict[str, Entry] = {
         "(a detached branch, an unused layer) or its learning rate is zero.",
         "Check that the layer is used in forward and that nothing detaches its output; check its "
         "param group's lr. Freeze it explicitly (requires_grad_(False)) if that is intended.",
-        "SageMaker Debugger UnchangedTensor; the debugging checklist.",
+        "SageMaker Debugger UnchangedTensor; the debugging checklist. nnprobe: a trainable parameter in the "
+        "optimizer whose figures (min, max, mean, std, l2) are bit-identical on sampled steps 5 or more "
+        "optimizer steps apart.",
     ),
     "loss-not-decreasing": Entry(
         "runtime", "warning", "The loss is not decreasing",
         "Over a window of steps the loss has not gone down: a learning rate far off, a bug in the "
         "data or the labels, or the wrong loss.",
         "Overfit one batch first (nnprobe.overfit_one_batch); sweep the learning rate.",
-        "SageMaker Debugger LossNotDecreasing; AUTOTRAINER slow convergence.",
+        "SageMaker Debugger LossNotDecreasing; AUTOTRAINER slow convergence. nnprobe: after 20 or more steps, "
+        "the median loss of the last window (max(10, n/5) steps) is not 1% below that of the first window; under "
+        "a warm-up, from where the rate reached half its present value.",
     ),
     # structure (lint)
     "bias-before-norm": Entry(

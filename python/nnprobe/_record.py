@@ -1,0 +1,216 @@
+"""One sampled step's figures while they are being taken, and their merge into one matrix.
+
+Hooks hand tensors to a `StepRecord` as they pass; it reduces each at once (activations can be
+modified in place right after their hook: an in-place ReLU rewrites its Linear's output) through
+the core, or on the device (see `_tensor`). Repeated rows (a shared module called twice, several
+micro-batches) merge exactly in moments form. `collect()` gives the merged moments once every
+device copy has arrived.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _core
+from ._tensor import (
+    COUNT, INF, NAN, NFIELDS, Readback, core_rows, device_moments, empty_moments, host_input, local,
+    merge_into, public_to_moments, use_device_path,
+)
+
+HIST_BINS = int(_core.HIST_BINS)
+
+
+PARALLEL_MIN = 1 << 21  # elements in a batch below which the core's parallel pass does not pay
+
+
+def _size(x: Any) -> int:
+    n = getattr(x, "size", None)
+    return n if isinstance(n, int) else x.numel()
+
+
+def _public(s: Any) -> list[float]:
+    return [s.count, s.nan, s.inf, s.zeros, s.min, s.max, s.mean, s.std, s.l2, s.absmax, s.absmean]
+
+
+class StepRecord:
+    def __init__(self, step: int, rows: int, policy: str, *, hist: bool) -> None:
+        self.step = step
+        self.rows = rows
+        self.policy = policy
+        self.hist = hist
+        self._pub_idx: list[int] = []
+        self._pub: list[np.ndarray] = []
+        self._dev_idx: list[int] = []
+        self._dev: list[torch.Tensor] = []
+        self._latest: dict[int, Any] = {}  # rows whose last value wins (gradients at their last accumulation)
+        self.aux: dict[int, int] = {}  # update row -> aux row (the weights sample before the step)
+        self.sat: dict[int, Any] = {}  # activation row -> count of saturated elements
+        self.alive: dict[int, torch.Tensor] = {}  # ReLU row -> per-unit "was ever non-zero"
+        self.dead_known: dict[int, bool] = {}  # ReLU row -> every call was checked per unit
+        self.hists: dict[int, np.ndarray] = {}
+        self.act_order: list[int] = []
+        self.grad_order: list[int] = []
+        self._seen: set[int] = set()
+        self.own_time = 0.0
+        self.closed = False  # collected: later figures (a late backward) are dropped
+
+    # ---- adding figures
+    def _host(self, idx: list[int], xs: list[Any]) -> np.ndarray:
+        if self.hist:
+            res = _core.stats_many(xs, hist=True)
+            pub = np.array([_public(s) for s in res], dtype=np.float64).reshape(len(res), NFIELDS)
+            for i, s in zip(idx, res):
+                c = s.hist_counts
+                if c is not None:
+                    prev = self.hists.get(i)
+                    self.hists[i] = c.astype(np.uint64) if prev is None else prev + c
+        else:
+            pub = core_rows(xs)
+        return pub
+
+    def add(self, row: int, t: torch.Tensor) -> np.ndarray | None:
+        """Reduce one tensor into `row`; returns its public figures when they are known now."""
+        t = local(t)
+        if use_device_path(t, self.policy):
+            self._dev_idx.append(row)
+            self._dev.append(device_moments(t))
+            return None
+        if t.device.type != "cpu":  # device_stats="copy"
+            t = t.detach().to("cpu")
+        pub = self._host([row], [host_input(t)])
+        self._pub_idx.append(row)
+        self._pub.append(pub)
+        return pub[0]
+
+    def add_many(self, rows: list[int], ts: list[torch.Tensor]) -> None:
+        """Reduce many tensors: the host ones in one parallel core call."""
+        hidx: list[int] = []
+        hxs: list[Any] = []
+        for row, t in zip(rows, ts):
+            t = local(t)
+            if use_device_path(t, self.policy):
+                self._dev_idx.append(row)
+                self._dev.append(device_moments(t))
+                continue
+            if t.device.type != "cpu":
+                t = t.detach().to("cpu")
+            hidx.append(row)
+            hxs.append(host_input(t))
+        if not hxs:
+            return
+        if self.hist or sum(_size(x) for x in hxs) >= PARALLEL_MIN:
+            pub = self._host(hidx, hxs)
+        else:
+            # small tensors: one call each runs on this thread; a batch would wake the core's
+            # thread pool, which costs more than the pass itself while torch's threads hold the cores
+            pub = np.concatenate([core_rows([x]) for x in hxs], axis=0)
+        self._pub_idx.extend(hidx)
+        self._pub.append(pub)
+
+    def set_latest(self, row: int, t: torch.Tensor) -> None:
+        """Figures of `row` where only the last call counts (a gradient as accumulation goes on)."""
+        t = local(t)
+        if use_device_path(t, self.policy):
+            self._latest[row] = device_moments(t)
+        else:
+            if t.device.type != "cpu":
+                t = t.detach().to("cpu")
+            self._latest[row] = self._host([row], [host_input(t)])[0]
+
+    def seen_act(self, row: int) -> None:
+        if row not in self._seen:
+            self._seen.add(row)
+            self.act_order.append(row)
+
+    def seen_grad(self, row: int) -> None:
+        if row not in self._seen:
+            self._seen.add(row)
+            self.grad_order.append(row)
+
+    def add_count(self, table: dict[int, Any], row: int, value: Any) -> None:
+        prev = table.get(row)
+        table[row] = value if prev is None else prev + value
+
+    # ---- merging
+    def collect(self, n_aux: int) -> "Collected":
+        """Start the merge; device figures are copied to the host without blocking."""
+        dev_rows = list(self._dev)
+        dev_idx = list(self._dev_idx)
+        latest_host: list[tuple[int, np.ndarray]] = []
+        for row, v in self._latest.items():
+            if isinstance(v, torch.Tensor):
+                dev_rows.append(v)
+                dev_idx.append(row)
+            else:
+                latest_host.append((row, v))
+        scalars: list[tuple[str, int, Any]] = []
+        dead: dict[int, Any] = {}
+        for row, alive in self.alive.items():
+            if self.dead_known.get(row, False):
+                dead[row] = 1.0 - alive.float().mean()
+        for table, name in ((self.sat, "sat"), (dead, "dead")):
+            for row, v in table.items():
+                scalars.append((name, row, v))
+        dev_scalars = [v for _, _, v in scalars if isinstance(v, torch.Tensor) and v.device.type != "cpu"]
+        readback = None
+        if dev_rows or dev_scalars:
+            device = (dev_rows or dev_scalars)[0].device
+            parts = [torch.stack(dev_rows).reshape(-1)] if dev_rows else []
+            parts += [v.reshape(1).to(device=device, dtype=torch.float64) for v in dev_scalars]
+            readback = Readback(torch.cat(parts))
+        return Collected(self, n_aux, dev_idx, len(dev_rows), latest_host, scalars, readback)
+
+
+class Collected:
+    """A step's figures on their way to the host; `ready()` without waiting, `get()` merges."""
+
+    def __init__(self, rec: StepRecord, n_aux: int, dev_idx: list[int], n_dev: int,
+                 latest_host: list[tuple[int, np.ndarray]], scalars: list[tuple[str, int, Any]], readback: Readback | None) -> None:
+        self.rec = rec
+        self.n_aux = n_aux
+        self.dev_idx = dev_idx
+        self.n_dev = n_dev
+        self.latest_host = latest_host
+        self.scalars = scalars
+        self.readback = readback
+
+    @property
+    def on_device(self) -> bool:
+        return self.readback is not None
+
+    def ready(self) -> bool:
+        return self.readback is None or self.readback.ready()
+
+    def get(self) -> tuple[np.ndarray, dict[int, float], dict[int, float]]:
+        """(moments [rows + aux, 11], saturated counts per row, dead fraction per row)."""
+        rec = self.rec
+        acc = empty_moments(rec.rows + self.n_aux)
+        if rec._pub:
+            pub = np.concatenate(rec._pub, axis=0)
+            merge_into(acc, np.asarray(rec._pub_idx, dtype=np.int64), public_to_moments(pub))
+        if self.latest_host:
+            idx = np.array([r for r, _ in self.latest_host], dtype=np.int64)
+            pub = np.stack([v for _, v in self.latest_host])
+            merge_into(acc, idx, public_to_moments(pub))
+        flat = self.readback.get() if self.readback is not None else np.zeros(0)
+        if self.n_dev:
+            m = flat[: self.n_dev * NFIELDS].reshape(self.n_dev, NFIELDS)
+            merge_into(acc, np.asarray(self.dev_idx, dtype=np.int64), m)
+        pos = self.n_dev * NFIELDS
+        sat: dict[int, float] = {}
+        dead: dict[int, float] = {}
+        for name, row, v in self.scalars:
+            if isinstance(v, torch.Tensor) and v.device.type != "cpu":
+                val = float(flat[pos])
+                pos += 1
+            else:
+                val = float(v)
+            (sat if name == "sat" else dead)[row] = val
+        return acc, sat, dead
+
+
+def finite_count(m: np.ndarray) -> np.ndarray:
+    return m[:, COUNT] - m[:, NAN] - m[:, INF]

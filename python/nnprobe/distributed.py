@@ -1,0 +1,79 @@
+"""Merging a sampled step's figures across the ranks of `torch.distributed`.
+
+Each rank reduces its own tensors; at each logged step the moments (counts, sums, sums of
+squares, minima, maxima) merge exactly with two `all_reduce` calls of the process group itself
+(one SUM, one MAX carrying negated minima), so every rank ends with the global figures and
+rank 0 reports them. Rows of replicated parameters (plain data parallel: every rank holds the
+same weights and, after DDP's all-reduce, the same gradients) are taken from rank 0 alone, so
+their counts are not multiplied by the world size; rows of sharded parameters (DTensor, FSDP2)
+and of activations merge over all ranks.
+
+The MAX reduction also carries each rank's proposal for the next sampled step, so that all ranks
+sample the same steps (the collectives must match) whatever each one measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._tensor import ABSMAX, ABSSUM, COUNT, INF, L2SQ, MAX, MIN, NAN, SUM, SUMSQ, ZEROS
+
+_SUM_COLS = [COUNT, NAN, INF, ZEROS, SUM, SUMSQ, L2SQ, ABSSUM]
+
+
+def active() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    if not active():
+        return 0
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
+def merge(moments: np.ndarray, replicated: np.ndarray, sat: np.ndarray, dead: np.ndarray, proposal: float
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """All-reduce one step's figures. `moments` [rows, 11]; `replicated` bool [rows]; `sat`
+    saturated-element counts [rows] (summed); `dead` dead-unit fractions [rows] (NaN: unknown).
+    A unit dead on the global batch is dead on every rank's share, so the global dead fraction is
+    at most the smallest rank's: that bound is what merges (a conservative figure).
+    Returns merged (moments, sat, dead, max proposal)."""
+    import torch
+    import torch.distributed as dist
+
+    r = dist.get_rank()
+    m = moments.copy()
+    if r != 0:
+        m[replicated] = 0.0
+        m[replicated, MIN] = np.inf
+        m[replicated, MAX] = -np.inf
+        m[replicated, ABSMAX] = -np.inf
+    nrows = len(m)
+    dead_in = np.where(np.isnan(dead), np.inf, dead)
+    sum_part = np.concatenate([m[:, _SUM_COLS].ravel(), sat])
+    max_part = np.concatenate([m[:, MAX], -m[:, MIN], m[:, ABSMAX], -dead_in, [proposal]])
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    # +-inf would poison NCCL's SUM on some versions; MAX is safe with them
+    ts = torch.from_numpy(sum_part).to(device)
+    tm = torch.from_numpy(max_part).to(device)
+    dist.all_reduce(ts, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tm, op=dist.ReduceOp.MAX)
+    s = ts.cpu().numpy()
+    x = tm.cpu().numpy()
+    out = m.copy()
+    out[:, _SUM_COLS] = s[: nrows * len(_SUM_COLS)].reshape(nrows, len(_SUM_COLS))
+    out[:, MAX] = x[:nrows]
+    out[:, MIN] = -x[nrows : 2 * nrows]
+    out[:, ABSMAX] = x[2 * nrows : 3 * nrows]
+    d = -x[3 * nrows : 4 * nrows]
+    dead_out = np.where(np.isinf(d), np.nan, d)
+    sat_out = s[nrows * len(_SUM_COLS):]
+    return out, sat_out, dead_out, float(x[-1])

@@ -1,0 +1,139 @@
+"""watch() under torch.distributed: 2 processes on gloo, a DDP-wrapped model on the CPU. Per-rank
+figures merge exactly (the global activation statistics equal those of the concatenated batch),
+replicated parameters are not double counted, every rank samples the same steps (no deadlock,
+every="auto" included), and only rank 0 writes the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import nnprobe
+from fixtures import models as Z
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+
+STEPS = 8
+BS = 32
+STATS = ("count", "mean", "std", "min", "max", "l2", "zeros", "absmax", "absmean")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def batch(X, y, step, rank):
+    i = (2 * step + rank) * BS
+    return X[i : i + BS], y[i : i + BS]
+
+
+def worker(rank, world, port, outdir):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = DDP(Z.mlp())
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        X, y = Z.digits(1024)
+        log_dir = os.path.join(outdir, f"log{rank}")
+        probe = nnprobe.watch(model, opt, every=1, console=False, log_dir=log_dir)
+        for step in range(STEPS):
+            xb, yb = batch(X, y, step, rank)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+        probe.close()
+        # the same again under every="auto": ranks must agree on the sampled steps by themselves
+        auto = nnprobe.watch(model, opt, console=False)
+        for step in range(STEPS, 3 * STEPS):
+            xb, yb = batch(X, y, step % STEPS, rank)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+        auto.close()
+        out = {"sampled": probe.sampled_steps.tolist(), "codes": sorted(probe.codes()),
+               "auto_sampled": auto.sampled_steps.tolist(), "auto_codes": sorted(auto.codes())}
+        for stat in STATS:
+            out[f"act.{stat}"] = probe.history("0", "activations", stat).tolist()
+            out[f"dead.{stat}"] = probe.history("1", "activations", stat).tolist()
+            out[f"ograd.{stat}"] = probe.history("0", "gradients", stat).tolist()
+            out[f"w.{stat}"] = probe.history("0.weight", "weights", stat).tolist()
+            out[f"g.{stat}"] = probe.history("0.weight", "gradients", stat).tolist()
+        with open(os.path.join(outdir, f"rank{rank}.json"), "w") as fh:
+            json.dump(out, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    ctx = mp.start_processes(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.time() + 150
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("distributed watch did not finish: a collective mismatch (deadlock)?")
+    res = []
+    for r in range(2):
+        with open(tmp_path / f"rank{r}.json") as fh:
+            res.append(json.load(fh))
+    return tmp_path, res
+
+
+def test_ddp_stats_merge_exactly_and_rank0_reports(ranks):
+    tmp_path, (r0, r1) = ranks
+    assert r0["sampled"] == r1["sampled"] == list(range(STEPS))
+    # every rank holds the merged figures
+    for k in r0:
+        if k.startswith("auto"):
+            continue
+        np.testing.assert_array_equal(np.array(r0[k], dtype=float), np.array(r1[k], dtype=float), err_msg=k)
+
+    # reference: the first layer's output on both ranks' batches at once, with the initial weights
+    torch.manual_seed(0)
+    model = Z.mlp()
+    X, y = Z.digits(1024)
+    x0 = torch.cat([batch(X, y, 0, 0)[0], batch(X, y, 0, 1)[0]])
+    with torch.no_grad():
+        ref = nnprobe.stats(model[0](x0))
+        relu = nnprobe.stats(torch.relu(model[0](x0)))
+    assert r0["act.count"][0] == 2 * BS * 64
+    for stat in STATS:
+        assert r0[f"act.{stat}"][0] == pytest.approx(getattr(ref, stat), rel=1e-6), stat
+        assert r0[f"dead.{stat}"][0] == pytest.approx(getattr(relu, stat), rel=1e-6), stat
+    # the output gradient merges over both ranks' examples too
+    assert r0["ograd.count"][0] == 2 * BS * 64
+    # replicated parameters: counted once, not once per rank
+    w = nnprobe.stats(model[0].weight.detach())
+    assert r0["w.count"][0] == 64 * 64 and r0["g.count"][0] == 64 * 64
+    for stat in ("mean", "std", "l2", "min", "max"):
+        assert r0[f"w.{stat}"][0] == pytest.approx(getattr(w, stat), rel=1e-6)
+    # only rank 0 writes the log
+    log0 = tmp_path / "log0" / "nnprobe.jsonl"
+    assert log0.exists() and not (tmp_path / "log1").exists()
+    with open(log0) as fh:
+        recs = [json.loads(line) for line in fh]
+    assert recs[0]["world_size"] == 2 and recs[-1]["type"] == "end"
+
+
+def test_ddp_auto_sampling_agrees_across_ranks(ranks):
+    _, (r0, r1) = ranks
+    assert r0["auto_sampled"] == r1["auto_sampled"] and r0["auto_sampled"][:3] == [0, 1, 2]
+    assert r0["codes"] == [] and r0["auto_codes"] == []
