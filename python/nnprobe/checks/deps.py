@@ -453,7 +453,8 @@ def _check(model: Any, x: Any, *, dim: int, expect: str, method: str) -> Depende
             hint = "look at the module named, and at any view/reshape before it; an op reducing over the batch (mean/sum over dim 0, BatchNorm in train mode) also mixes"
             if layout:
                 first = layout[0]
-                where += f"; {first.data['op']} {first.data['in_shape']} -> {first.data['out_shape']} at {first.data['where']} splits the batch"
+                at = f" in {first.data['where']}" if first.data.get("where") else ""
+                where += f"; {first.data['op']} {first.data['in_shape']} -> {first.data['out_shape']}{at} splits the batch"
                 hint = first.hint
             findings.append(Finding(
                 "batch-mixing", "error",

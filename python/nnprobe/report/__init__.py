@@ -184,7 +184,7 @@ def _figure(title: str, xlabel: str, ylabel: str, *, logy: bool = False):
 
 
 def _legend(ax: Any, n: int) -> None:
-    if n:
+    if n and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
 
 
