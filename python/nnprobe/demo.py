@@ -174,7 +174,8 @@ def run(bug: str | None, out: Path, *, steps: int = 150, batch: int = 64, consol
     seen: set[tuple[str, str | None]] = set()  # lint and the layout trace both see a bad view
     one_shot = [f for f in one_shot if (f.code, f.module) not in seen and not seen.add((f.code, f.module))]
     out.mkdir(parents=True, exist_ok=True)
-    probe = nnprobe.watch(model, optimizer=opt, log_dir=out / "log", console=console if console is not None else True)
+    # every=3 rather than "auto": a demo wants dense plots more than the last percent of speed
+    probe = nnprobe.watch(model, optimizer=opt, every=3, log_dir=out / "log", console=console if console is not None else True)
     bar = None
     if progress:
         from tqdm import tqdm

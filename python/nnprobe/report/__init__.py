@@ -376,6 +376,9 @@ def render(run: RunData, path: str | os.PathLike, *, title: str = "nnprobe repor
             parts.append(f"<figure><img alt='{html.escape(t)}' src='{plot_mask(t, m)}'></figure>")
         parts.append("</div>")
     parts.append("<h2>Layers (latest sampled figures)</h2>" + _layer_table(run))
+    # marks the page once every plot has decoded, so a headless browser can confirm it rendered
+    parts.append("<script>addEventListener('load',()=>{const i=[...document.images];"
+                 "document.body.dataset.rendered=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
     parts.append("</body></html>")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
