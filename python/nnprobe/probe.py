@@ -45,6 +45,7 @@ log = logging.getLogger("nnprobe")
 
 FORCED_FIRST = 3  # the first steps are always sampled (init checks need them)
 HIST_EVERY = 10  # histograms on one sampled step in HIST_EVERY, the first included
+DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction rule it out
 UPDATE_SAMPLE = 65536  # elements of a parameter kept to measure its update
 LOCATE_MAX = 3  # re-runs to locate a non-finite loss (later ones only count)
 JUMP_Z = 10.0  # a loss this many robust deviations above its recent median has "jumped"
@@ -546,6 +547,7 @@ class Probe:
         return hook
 
     def _unit_stats(self, rec: Any, row: int, unit: str, t: Any, pub: Any) -> None:
+        T = self._T
         x = t.detach()
         if unit == "relu":
             if x.dim() < 2:
@@ -560,6 +562,12 @@ class Probe:
             if units == 0 or x.numel() // units < 8:
                 rec.dead_known[row] = False  # too few examples per unit to call one dead
                 return
+            if pub is not None and not rec.hist and pub[T.ZEROS] < DEAD_PREFILTER * pub[T.COUNT]:
+                # fewer zeros than that: fewer dead units than that, no pass needed (the exact
+                # fraction is still measured on histogram steps, for the report)
+                rec.dead_below.add(row)
+                rec.dead_known[row] = False
+                return
             alive = x.ne(0).any(dim=dims)
             prev = rec.alive.get(row)
             if prev is None:
@@ -570,7 +578,6 @@ class Probe:
             else:
                 rec.dead_known[row] = False
             return
-        T = self._T
         if pub is not None:  # the core's figures already rule saturation out
             if unit == "tanh" and not (pub[T.ABSMAX] >= 0.97):
                 rec.add_count(rec.sat, row, 0.0)
@@ -632,33 +639,45 @@ class Probe:
             # gradients at their last accumulation (loops often clear them before probe.step)
             for p, row in self._grad_rows:
                 hs.post_accumulate(p, self._post_accumulate_hook(row))
-            self._take_params(rec, grads=False)
+            self._take_params(rec)
 
-    def _take_params(self, rec: Any, grads: bool = True) -> None:
+    def _take_grads(self, rec: Any) -> None:
+        """Every parameter gradient, in one parallel core call. Taken after the optimizer step: the
+        gradients are still those the step used (optimizers do not modify them), and a closure
+        (LBFGS, Lightning) computes them inside step(), after the pre-hook."""
         torch = self._torch
         rows: list[int] = []
         ts: list[Any] = []
-        if grads and "gradients" not in self._off:
+        if "gradients" not in self._off:
             for p, row in self._grad_rows:
                 g = p.grad
                 if g is not None and g.layout == torch.strided:
                     rows.append(row)
                     ts.append(g)
+        if rows:
+            try:
+                rec.add_many(rows, ts)
+            except Exception as e:  # noqa: BLE001
+                self._fail("gradients", e)
+
+    def _take_params(self, rec: Any) -> None:
+        """Before the update: every weight (one parallel core call) and the samples the update is
+        measured against."""
+        rows: list[int] = []
+        ts: list[Any] = []
         if "weights" not in self._off:
             for p, row in self._weight_rows:
                 rows.append(row)
                 ts.append(p)
         if rows:
             try:
-                rec.add_many(rows, ts)
+                rec.add_many(rows, ts, hist=False)
             except Exception as e:  # noqa: BLE001
                 self._fail("weights", e)
         self._snap = []
         if "updates" not in self._off:
             try:
                 for p, row, k in self._update_rows:
-                    if self._opts and p.grad is None:
-                        continue  # the optimizer will not touch it this step
                     flat = self._T.local(p).detach().reshape(-1)
                     self._snap.append((p, row, k, (flat[::k] if k > 1 else flat).clone()))
             except Exception as e:  # noqa: BLE001
@@ -677,7 +696,7 @@ class Probe:
                 rows += [row, self._aux_of[row]]
                 ts += [after - before, before]
                 rec.aux[row] = self._aux_of[row]
-            rec.add_many(rows, ts)
+            rec.add_many(rows, ts, hist=False)
         except Exception as e:  # noqa: BLE001
             self._fail("updates", e)
         self._snap = []
@@ -753,8 +772,20 @@ class Probe:
 
     def _post_step(self) -> None:
         s = self._step
+        obs = self._loss_obs
+        if obs.values or obs.tensors:
+            # losses computed inside step() (a closure: LBFGS, Lightning): this step's, seen after
+            # the update
+            loss = self._step_loss()
+            if loss is not None:
+                self._observed_loss = loss
+                if not math.isfinite(loss):
+                    self._on_nonfinite_loss(s, loss, before_update=False)
+                    if not self._dist:
+                        self._force_next = True
         rec = self._record
         if rec is not None:
+            self._take_grads(rec)
             self._take_updates(rec)
         self._end_step(s, rec)
 
@@ -840,7 +871,7 @@ class Probe:
             idx = np.array(sorted(hists), dtype=np.int64)
             self._history.add_hist(rec.step, idx, np.stack([hists[i] for i in idx]).astype(np.uint64))
         if self._checks_on:
-            self._checks.on_record(rec.step, mat, rec.act_order, rec.grad_order)
+            self._checks.on_record(rec.step, mat, rec.act_order, rec.grad_order, rec.dead_below)
         for sk in self._sinks:
             try:
                 sk.record(rec.step, mat, present, self._loss_buffer, hists)
