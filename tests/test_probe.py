@@ -524,3 +524,42 @@ def test_cuda_device_moments_agree_with_the_core():
     dev = device_moments(x.cuda()).cpu()
     cpu = device_moments(x)
     torch.testing.assert_close(dev, cpu, rtol=1e-6, atol=1e-9)
+
+
+def test_closure_optimizer_lbfgs():
+    """LBFGS computes loss and gradients inside step(): they belong to that step."""
+    seed()
+    model = Z.mlp()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    data = Z.batches(*Z.digits())
+    with nnprobe.watch(model, opt, every=1, console=False) as probe:
+        for _ in range(5):
+            x, y = next(data)
+
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+    assert probe.steps == 5
+    steps, losses = probe.losses()
+    assert steps.tolist() == [0, 1, 2, 3, 4] and losses[-1] < losses[0]
+    assert np.isfinite(probe.history("0.weight", "gradients", "l2")).all()
+    assert (probe.history("0.weight", "updates", "l2") > 0).all()
+    assert loud(probe) == []
+
+
+def test_strict_raises_from_backward_too():
+    seed()
+    model = Z.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = Z.batches(*Z.digits())
+    with pytest.raises(nnprobe.DiagnosticError) as err:
+        with nnprobe.watch(model, opt, strict=True, every=1000, console=False):
+            for _ in range(3):  # no zero_grad: the second backward raises
+                x, y = next(data)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+    assert err.value.finding.code == "zero-grad-missing"
