@@ -562,13 +562,20 @@ class Probe:
             if units == 0 or x.numel() // units < 8:
                 rec.dead_known[row] = False  # too few examples per unit to call one dead
                 return
-            if pub is not None and not rec.hist and pub[T.ZEROS] < DEAD_PREFILTER * pub[T.COUNT]:
-                # fewer zeros than that: fewer dead units than that, no pass needed (the exact
-                # fraction is still measured on histogram steps, for the report)
-                rec.dead_below.add(row)
-                rec.dead_known[row] = False
-                return
-            alive = x.ne(0).any(dim=dims)
+            if pub is not None and not rec.hist:
+                # cheap ways to rule dead units out on the host (the exact fraction is still
+                # measured on histogram steps, for the report): fewer zeros than the threshold
+                # means fewer dead units; units alive on the first 8 examples are alive
+                below = pub[T.ZEROS] < DEAD_PREFILTER * pub[T.COUNT]
+                if not below and x.shape[0] > 8:
+                    below = int((x[:8].amax(dim=dims) > 0).sum()) >= (1 - DEAD_PREFILTER) * units
+                if below:
+                    rec.dead_below.add(row)
+                    rec.dead_known[row] = False
+                    return
+            # a ReLU's output is >= 0: a unit is alive where its maximum over the batch is > 0
+            # (one reduction, no boolean temporary)
+            alive = x.amax(dim=dims) > 0
             prev = rec.alive.get(row)
             if prev is None:
                 rec.alive[row] = alive
