@@ -49,6 +49,7 @@ DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction 
 UPDATE_SAMPLE = 65536  # elements of a parameter kept to measure its update
 LOCATE_MAX = 3  # re-runs to locate a non-finite loss (later ones only count)
 JUMP_Z = 10.0  # a loss this many robust deviations above its recent median has "jumped"
+JUMP_GAP = 20  # steps between two samples forced by loss jumps
 ROOT = "(root)"  # the name of the watched model itself in findings
 
 
@@ -157,6 +158,7 @@ class Probe:
         self._loss_buffer: list[tuple[int, float]] = []
         self._recent_losses: deque[float] = deque(maxlen=32)
         self._jump_limit = math.inf
+        self._last_jump = -JUMP_GAP
         self._force_next = False
         self._located = 0
         self._nonfinite_step = -1
@@ -622,7 +624,9 @@ class Probe:
             return True
         if self._force_next and not self._dist:
             return True
-        return step >= self._next_auto
+        # a sampled step whose figures are still on their way from the device has not set the
+        # next one yet (all ranks wait alike)
+        return step >= self._next_auto and not self._pending
 
     def _begin_step(self) -> None:
         """Before the forward of step `self._step`: arm the sampled-step hooks if it is sampled."""
@@ -871,7 +875,9 @@ class Probe:
                 ok = present[urows] & np.isfinite(w) & (w > 1e-6) & np.isfinite(u)
                 mat[urows[ok], RATIO] = u[ok] / w[ok]
         self._history.append(rec.step, mat.astype(np.float32))
-        hists = {row: c for row, c in rec.hists.items() if row < R and not self._dist}
+        hists = {row: c for row, c in rec.hists.items() if row < R}
+        if self._dist and rec.hist:
+            hists = self._distributed.merge_hist(hists, R, self._replicated[:R])
         for i, row in enumerate(rec.act_order):
             self._pos.setdefault(self._rows.rows[row].module, len(self._pos))
         if hists:
@@ -929,9 +935,13 @@ class Probe:
 
     # ================================================================== the loss
     def _is_jump(self, loss: float) -> bool:
-        """A loss far above the recent ones: a robust z-score against the last 32 losses. The limit
-        is refreshed every 8 losses (sorting on every step would cost more than the check)."""
-        return loss > self._jump_limit
+        """A loss far above the recent ones: JUMP_Z robust deviations and half again above the median
+        of the last 32 losses (a late, tiny, noisy loss has outliers that are no event). The limit is
+        refreshed every 8 losses; a jump samples a step at most once in JUMP_GAP steps."""
+        if loss > self._jump_limit and self._step - self._last_jump >= JUMP_GAP:
+            self._last_jump = self._step
+            return True
+        return False
 
     def _refresh_jump_limit(self) -> None:
         r = self._recent_losses
@@ -942,7 +952,7 @@ class Probe:
         med = ys[len(ys) // 2]
         dev = sorted(abs(y - med) for y in ys)
         mad = dev[len(dev) // 2] * 1.4826
-        self._jump_limit = med + JUMP_Z * max(mad, 1e-12, 1e-3 * abs(med))
+        self._jump_limit = med + max(JUMP_Z * mad, 0.5 * abs(med), 1e-12)
 
     def _set_loss(self, step: int, value: float) -> None:
         replaced = self._history.set_loss(step, value)
