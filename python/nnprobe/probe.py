@@ -927,8 +927,13 @@ class Probe:
         bare = self._bare_estimate(float("inf"))
         if not math.isfinite(bare):
             return s + 1
-        cheap = float(np.median(self._cheap)) if self._cheap else 0.0
+        # the every-step checks: the time measured in the optimizer hooks, and about as much again
+        # that no timer sees (the model's forward pre-hook, the loss wrappers, the zero_grad
+        # sentinel, PyTorch's slower call path for a module with hooks)
+        cheap = 2 * float(np.median(self._cheap)) if self._cheap else 0.0
         rate = max(self._overhead * bare - cheap, 0.25 * self._overhead * bare)
+        # unused budget is kept for at most two samples: no bursts of samples after a quiet spell
+        self._spent = max(self._spent, rate * s - 2 * self._cost_est)
         target = (self._spent + self._cost_est) / rate
         # the plan is fixed before the sampled step's forward, so at least one step ahead
         return int(max(s + 1, min(math.ceil(target), s + 1_000_000)))
