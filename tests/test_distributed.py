@@ -64,7 +64,10 @@ def worker(rank, world, port, outdir):
             torch.nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
         auto.close()
-        out = {"sampled": probe.sampled_steps.tolist(), "codes": sorted(probe.codes()),
+        act0 = probe._rows.find("0", "activations")
+        step0 = [(rows, counts) for step, rows, counts in probe._history.hists if step == 0][0]
+        hist0 = int(step0[1][list(step0[0]).index(act0)].sum())
+        out = {"hist0": hist0, "sampled": probe.sampled_steps.tolist(), "codes": sorted(probe.codes()),
                "auto_sampled": auto.sampled_steps.tolist(), "auto_codes": sorted(auto.codes())}
         for stat in STATS:
             out[f"act.{stat}"] = probe.history("0", "activations", stat).tolist()
@@ -118,6 +121,8 @@ def test_ddp_stats_merge_exactly_and_rank0_reports(ranks):
     for stat in STATS:
         assert r0[f"act.{stat}"][0] == pytest.approx(getattr(ref, stat), rel=1e-6), stat
         assert r0[f"dead.{stat}"][0] == pytest.approx(getattr(relu, stat), rel=1e-6), stat
+    # histograms add up over ranks: every finite non-zero value of both batches is counted once
+    assert r0["hist0"] == ref.count - ref.zeros
     # the output gradient merges over both ranks' examples too
     assert r0["ograd.count"][0] == 2 * BS * 64
     # replicated parameters: counted once, not once per rank

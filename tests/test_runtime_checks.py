@@ -361,7 +361,9 @@ def test_dead_units_fixed():
     model = Z.mlp()
     probe = watched(model, adam(model), digits(), 10)
     assert not found(probe, "dead-units")
-    assert (probe.history("3", "activations", "dead") < 0.5).all()
+    dead = probe.history("3", "activations", "dead")
+    # exact on histogram steps; elsewhere ruled out by the zeros count without a pass (NaN)
+    assert np.isfinite(dead[0]) and (dead[np.isfinite(dead)] < 0.5).all()
 
 
 def test_dead_units_need_enough_examples():

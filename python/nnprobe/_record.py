@@ -50,6 +50,7 @@ class StepRecord:
         self.sat: dict[int, Any] = {}  # activation row -> count of saturated elements
         self.alive: dict[int, torch.Tensor] = {}  # ReLU row -> per-unit "was ever non-zero"
         self.dead_known: dict[int, bool] = {}  # ReLU row -> every call was checked per unit
+        self.dead_below: set[int] = set()  # ReLU rows with too few zeros to have many dead units
         self.hists: dict[int, np.ndarray] = {}
         self.act_order: list[int] = []
         self.grad_order: list[int] = []
@@ -58,8 +59,8 @@ class StepRecord:
         self.closed = False  # collected: later figures (a late backward) are dropped
 
     # ---- adding figures
-    def _host(self, idx: list[int], xs: list[Any]) -> np.ndarray:
-        if self.hist:
+    def _host(self, idx: list[int], xs: list[Any], hist: bool = True) -> np.ndarray:
+        if self.hist and hist:
             res = _core.stats_many(xs, hist=True)
             pub = np.array([_public(s) for s in res], dtype=np.float64).reshape(len(res), NFIELDS)
             for i, s in zip(idx, res):
@@ -71,7 +72,7 @@ class StepRecord:
             pub = core_rows(xs)
         return pub
 
-    def add(self, row: int, t: torch.Tensor) -> np.ndarray | None:
+    def add(self, row: int, t: torch.Tensor, *, hist: bool = True) -> np.ndarray | None:
         """Reduce one tensor into `row`; returns its public figures when they are known now."""
         t = local(t)
         if use_device_path(t, self.policy):
@@ -80,13 +81,14 @@ class StepRecord:
             return None
         if t.device.type != "cpu":  # device_stats="copy"
             t = t.detach().to("cpu")
-        pub = self._host([row], [host_input(t)])
+        pub = self._host([row], [host_input(t)], hist)
         self._pub_idx.append(row)
         self._pub.append(pub)
         return pub[0]
 
-    def add_many(self, rows: list[int], ts: list[torch.Tensor]) -> None:
-        """Reduce many tensors: the host ones in one parallel core call."""
+    def add_many(self, rows: list[int], ts: list[torch.Tensor], *, hist: bool = True) -> None:
+        """Reduce many tensors: the host ones in one parallel core call (histograms, on the steps
+        that take them, only when `hist`)."""
         hidx: list[int] = []
         hxs: list[Any] = []
         for row, t in zip(rows, ts):
@@ -101,8 +103,8 @@ class StepRecord:
             hxs.append(host_input(t))
         if not hxs:
             return
-        if self.hist or sum(_size(x) for x in hxs) >= PARALLEL_MIN:
-            pub = self._host(hidx, hxs)
+        if (self.hist and hist) or sum(_size(x) for x in hxs) >= PARALLEL_MIN:
+            pub = self._host(hidx, hxs, hist)
         else:
             # small tensors: one call each runs on this thread; a batch would wake the core's
             # thread pool, which costs more than the pass itself while torch's threads hold the cores

@@ -77,3 +77,22 @@ def merge(moments: np.ndarray, replicated: np.ndarray, sat: np.ndarray, dead: np
     dead_out = np.where(np.isinf(d), np.nan, d)
     sat_out = s[nrows * len(_SUM_COLS):]
     return out, sat_out, dead_out, float(x[-1])
+
+
+def merge_hist(hists: dict[int, np.ndarray], rows: int, replicated: np.ndarray) -> dict[int, np.ndarray]:
+    """Sum the histograms of a step over ranks (counts add exactly; replicated parameter rows from
+    rank 0 alone). Every rank takes histograms on the same steps, so the call matches."""
+    import torch
+    import torch.distributed as dist
+
+    bins = len(next(iter(hists.values()))) if hists else 64
+    dense = np.zeros((rows, bins))
+    r = dist.get_rank()
+    for row, counts in hists.items():
+        if r == 0 or not replicated[row]:
+            dense[row] = counts
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.from_numpy(dense).to(device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    out = t.cpu().numpy()
+    return {row: out[row].astype(np.uint64) for row in range(rows) if out[row].any()}

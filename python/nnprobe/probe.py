@@ -45,9 +45,11 @@ log = logging.getLogger("nnprobe")
 
 FORCED_FIRST = 3  # the first steps are always sampled (init checks need them)
 HIST_EVERY = 10  # histograms on one sampled step in HIST_EVERY, the first included
+DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction rule it out
 UPDATE_SAMPLE = 65536  # elements of a parameter kept to measure its update
 LOCATE_MAX = 3  # re-runs to locate a non-finite loss (later ones only count)
 JUMP_Z = 10.0  # a loss this many robust deviations above its recent median has "jumped"
+JUMP_GAP = 20  # steps between two samples forced by loss jumps
 ROOT = "(root)"  # the name of the watched model itself in findings
 
 
@@ -156,6 +158,7 @@ class Probe:
         self._loss_buffer: list[tuple[int, float]] = []
         self._recent_losses: deque[float] = deque(maxlen=32)
         self._jump_limit = math.inf
+        self._last_jump = -JUMP_GAP
         self._force_next = False
         self._located = 0
         self._nonfinite_step = -1
@@ -546,6 +549,7 @@ class Probe:
         return hook
 
     def _unit_stats(self, rec: Any, row: int, unit: str, t: Any, pub: Any) -> None:
+        T = self._T
         x = t.detach()
         if unit == "relu":
             if x.dim() < 2:
@@ -560,7 +564,20 @@ class Probe:
             if units == 0 or x.numel() // units < 8:
                 rec.dead_known[row] = False  # too few examples per unit to call one dead
                 return
-            alive = x.ne(0).any(dim=dims)
+            if pub is not None and not rec.hist:
+                # cheap ways to rule dead units out on the host (the exact fraction is still
+                # measured on histogram steps, for the report): fewer zeros than the threshold
+                # means fewer dead units; units alive on the first 8 examples are alive
+                below = pub[T.ZEROS] < DEAD_PREFILTER * pub[T.COUNT]
+                if not below and x.shape[0] > 8:
+                    below = int((x[:8].amax(dim=dims) > 0).sum()) >= (1 - DEAD_PREFILTER) * units
+                if below:
+                    rec.dead_below.add(row)
+                    rec.dead_known[row] = False
+                    return
+            # a ReLU's output is >= 0: a unit is alive where its maximum over the batch is > 0
+            # (one reduction, no boolean temporary)
+            alive = x.amax(dim=dims) > 0
             prev = rec.alive.get(row)
             if prev is None:
                 rec.alive[row] = alive
@@ -570,7 +587,6 @@ class Probe:
             else:
                 rec.dead_known[row] = False
             return
-        T = self._T
         if pub is not None:  # the core's figures already rule saturation out
             if unit == "tanh" and not (pub[T.ABSMAX] >= 0.97):
                 rec.add_count(rec.sat, row, 0.0)
@@ -608,7 +624,9 @@ class Probe:
             return True
         if self._force_next and not self._dist:
             return True
-        return step >= self._next_auto
+        # a sampled step whose figures are still on their way from the device has not set the
+        # next one yet (all ranks wait alike)
+        return step >= self._next_auto and not self._pending
 
     def _begin_step(self) -> None:
         """Before the forward of step `self._step`: arm the sampled-step hooks if it is sampled."""
@@ -632,33 +650,45 @@ class Probe:
             # gradients at their last accumulation (loops often clear them before probe.step)
             for p, row in self._grad_rows:
                 hs.post_accumulate(p, self._post_accumulate_hook(row))
-            self._take_params(rec, grads=False)
+            self._take_params(rec)
 
-    def _take_params(self, rec: Any, grads: bool = True) -> None:
+    def _take_grads(self, rec: Any) -> None:
+        """Every parameter gradient, in one parallel core call. Taken after the optimizer step: the
+        gradients are still those the step used (optimizers do not modify them), and a closure
+        (LBFGS, Lightning) computes them inside step(), after the pre-hook."""
         torch = self._torch
         rows: list[int] = []
         ts: list[Any] = []
-        if grads and "gradients" not in self._off:
+        if "gradients" not in self._off:
             for p, row in self._grad_rows:
                 g = p.grad
                 if g is not None and g.layout == torch.strided:
                     rows.append(row)
                     ts.append(g)
+        if rows:
+            try:
+                rec.add_many(rows, ts)
+            except Exception as e:  # noqa: BLE001
+                self._fail("gradients", e)
+
+    def _take_params(self, rec: Any) -> None:
+        """Before the update: every weight (one parallel core call) and the samples the update is
+        measured against."""
+        rows: list[int] = []
+        ts: list[Any] = []
         if "weights" not in self._off:
             for p, row in self._weight_rows:
                 rows.append(row)
                 ts.append(p)
         if rows:
             try:
-                rec.add_many(rows, ts)
+                rec.add_many(rows, ts, hist=False)
             except Exception as e:  # noqa: BLE001
                 self._fail("weights", e)
         self._snap = []
         if "updates" not in self._off:
             try:
                 for p, row, k in self._update_rows:
-                    if self._opts and p.grad is None:
-                        continue  # the optimizer will not touch it this step
                     flat = self._T.local(p).detach().reshape(-1)
                     self._snap.append((p, row, k, (flat[::k] if k > 1 else flat).clone()))
             except Exception as e:  # noqa: BLE001
@@ -677,7 +707,7 @@ class Probe:
                 rows += [row, self._aux_of[row]]
                 ts += [after - before, before]
                 rec.aux[row] = self._aux_of[row]
-            rec.add_many(rows, ts)
+            rec.add_many(rows, ts, hist=False)
         except Exception as e:  # noqa: BLE001
             self._fail("updates", e)
         self._snap = []
@@ -753,8 +783,20 @@ class Probe:
 
     def _post_step(self) -> None:
         s = self._step
+        obs = self._loss_obs
+        if obs.values or obs.tensors:
+            # losses computed inside step() (a closure: LBFGS, Lightning): this step's, seen after
+            # the update
+            loss = self._step_loss()
+            if loss is not None:
+                self._observed_loss = loss
+                if not math.isfinite(loss):
+                    self._on_nonfinite_loss(s, loss, before_update=False)
+                    if not self._dist:
+                        self._force_next = True
         rec = self._record
         if rec is not None:
+            self._take_grads(rec)
             self._take_updates(rec)
         self._end_step(s, rec)
 
@@ -833,14 +875,16 @@ class Probe:
                 ok = present[urows] & np.isfinite(w) & (w > 1e-6) & np.isfinite(u)
                 mat[urows[ok], RATIO] = u[ok] / w[ok]
         self._history.append(rec.step, mat.astype(np.float32))
-        hists = {row: c for row, c in rec.hists.items() if row < R and not self._dist}
+        hists = {row: c for row, c in rec.hists.items() if row < R}
+        if self._dist and rec.hist:
+            hists = self._distributed.merge_hist(hists, R, self._replicated[:R])
         for i, row in enumerate(rec.act_order):
             self._pos.setdefault(self._rows.rows[row].module, len(self._pos))
         if hists:
             idx = np.array(sorted(hists), dtype=np.int64)
             self._history.add_hist(rec.step, idx, np.stack([hists[i] for i in idx]).astype(np.uint64))
         if self._checks_on:
-            self._checks.on_record(rec.step, mat, rec.act_order, rec.grad_order)
+            self._checks.on_record(rec.step, mat, rec.act_order, rec.grad_order, rec.dead_below)
         for sk in self._sinks:
             try:
                 sk.record(rec.step, mat, present, self._loss_buffer, hists)
@@ -883,17 +927,26 @@ class Probe:
         bare = self._bare_estimate(float("inf"))
         if not math.isfinite(bare):
             return s + 1
-        cheap = float(np.median(self._cheap)) if self._cheap else 0.0
+        # the every-step checks: the time measured in the optimizer hooks, and about as much again
+        # that no timer sees (the model's forward pre-hook, the loss wrappers, the zero_grad
+        # sentinel, PyTorch's slower call path for a module with hooks)
+        cheap = 2 * float(np.median(self._cheap)) if self._cheap else 0.0
         rate = max(self._overhead * bare - cheap, 0.25 * self._overhead * bare)
+        # unused budget is kept for at most two samples: no bursts of samples after a quiet spell
+        self._spent = max(self._spent, rate * s - 2 * self._cost_est)
         target = (self._spent + self._cost_est) / rate
         # the plan is fixed before the sampled step's forward, so at least one step ahead
         return int(max(s + 1, min(math.ceil(target), s + 1_000_000)))
 
     # ================================================================== the loss
     def _is_jump(self, loss: float) -> bool:
-        """A loss far above the recent ones: a robust z-score against the last 32 losses. The limit
-        is refreshed every 8 losses (sorting on every step would cost more than the check)."""
-        return loss > self._jump_limit
+        """A loss far above the recent ones: JUMP_Z robust deviations and half again above the median
+        of the last 32 losses (a late, tiny, noisy loss has outliers that are no event). The limit is
+        refreshed every 8 losses; a jump samples a step at most once in JUMP_GAP steps."""
+        if loss > self._jump_limit and self._step - self._last_jump >= JUMP_GAP:
+            self._last_jump = self._step
+            return True
+        return False
 
     def _refresh_jump_limit(self) -> None:
         r = self._recent_losses
@@ -904,7 +957,7 @@ class Probe:
         med = ys[len(ys) // 2]
         dev = sorted(abs(y - med) for y in ys)
         mad = dev[len(dev) // 2] * 1.4826
-        self._jump_limit = med + JUMP_Z * max(mad, 1e-12, 1e-3 * abs(med))
+        self._jump_limit = med + max(JUMP_Z * mad, 0.5 * abs(med), 1e-12)
 
     def _set_loss(self, step: int, value: float) -> None:
         replaced = self._history.set_loss(step, value)

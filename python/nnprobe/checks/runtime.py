@@ -85,9 +85,10 @@ class RuntimeChecks:
         return n
 
     # ------------------------------------------------------------------ sampled steps
-    def on_record(self, step: int, mat: np.ndarray, act_order: list[int], grad_order: list[int]) -> None:
+    def on_record(self, step: int, mat: np.ndarray, act_order: list[int], grad_order: list[int],
+                  dead_below: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         self._nonfinite(step, mat, act_order, grad_order)
-        self._units(step, mat)
+        self._units(step, mat, dead_below)
         self._gradients(step, mat, act_order)
         self._update_ratio(step, mat)
         self._never_updated(step, mat)
@@ -130,15 +131,18 @@ class RuntimeChecks:
             p._emit("non-finite", f"the weights of {rows[i].name} hold {_nonfinite(mat[i])} NaN/Inf values",
                     rows[i].module, step, {"phase": "weights", "param": rows[i].name})
 
-    def _units(self, step: int, mat: np.ndarray) -> None:
+    def _units(self, step: int, mat: np.ndarray, dead_below: set[int]) -> None:
         p = self._p
         rows = p._rows.rows
         for i, unit in p._row_unit.items():
             r = rows[i]
             if unit == "relu":
                 dead = mat[i, DEAD]
+                if i in dead_below:
+                    self._persist(("dead", i), False)  # fewer zeros than the threshold: not dead
+                    continue
                 if np.isnan(dead):
-                    continue  # not judged this step (too few examples, or mostly alive)
+                    continue  # not judged this step (too few examples per unit)
                 n = self._persist(("dead", i), dead > DEAD_FRACTION)
                 if n >= DEAD_STEPS:
                     p._emit("dead-units", f"{dead:.0%} of the units of {p._label(r.module)} output zero for every "
