@@ -72,3 +72,10 @@ def test_report_command_reads_a_log_dir(tmp_path):
 def test_report_command_on_a_missing_log_is_a_clear_error(tmp_path):
     r = nnprobe("report", str(tmp_path), "-o", str(tmp_path / "x.html"))
     assert r.returncode == 2 and "nnprobe.jsonl" in r.stderr
+
+
+def test_demo_all_catches_every_planted_mistake_and_keeps_the_clean_run_silent(tmp_path):
+    r = nnprobe("demo", "--bug", "all", "--out", str(tmp_path), "--quiet", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = r.stdout.split("== summary")[1]
+    assert summary.count(" ok ") + summary.count("\n  ok") >= len(demo.BUGS) and "MISS" not in summary

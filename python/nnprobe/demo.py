@@ -30,7 +30,7 @@ BUGS: dict[str, Bug] = {b.name: b for b in [
     Bug("nll-logits", "NLLLoss gets raw scores instead of log_softmax", ("logits-into-nll",)),
     Bug("eval-mode", "model.eval() is left on while training", ("eval-mode-training",)),
     Bug("no-eval", "the validation pass runs without model.eval()", ("train-mode-eval",)),
-    Bug("lr-high", "the learning rate is 100x too high", ("update-ratio",)),
+    Bug("lr-high", "SGD with a learning rate of 5: the ReLUs die and the loss stalls", ("dead-units", "loss-not-decreasing")),
     Bug("lr-low", "the learning rate is 1e5x too low", ("update-ratio",)),
     Bug("dead-relu", "a bias of -6 at init kills the ReLUs of the first layer", ("dead-units",)),
     Bug("saturated", "weights 10x too large before tanh", ("saturated-activations",)),
@@ -111,8 +111,10 @@ def build(bug: str | None):
     if bug == "saturated":
         with torch.no_grad():
             model.fc2.weight.mul_(10.0)
-    lr = {"lr-high": 0.3, "lr-low": 1e-8}.get(bug or "", 3e-3)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if bug == "lr-high":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-8 if bug == "lr-low" else 3e-3)
     if bug == "missing-param":
         model.head = nn.Linear(64, 10)  # replaced after the optimizer was built
     loss_fn: Callable = nn.CrossEntropyLoss()
