@@ -18,7 +18,7 @@ def _demo(args: argparse.Namespace) -> int:
     # the demo models are tiny: one thread is fastest, and immune to a busy neighbour
     torch.set_num_threads(1)
     out = Path(args.out)
-    bugs: list[str | None] = list(demo.BUGS) if args.bug == "all" else [args.bug]
+    bugs: list[str | None] = [None, *demo.BUGS] if args.bug == "all" else [args.bug]
     if args.bug not in (None, "all") and args.bug not in demo.BUGS:
         print(f"unknown bug {args.bug!r}; choose from: {', '.join(demo.BUGS)}, all", file=sys.stderr)
         return 2
