@@ -154,9 +154,9 @@ def workload(name: str) -> tuple[Callable[[], nn.Module], Callable[[], Any], Cal
 # every="auto" (which samples one step in ~200 on the MLP, ~20 on the CNN, ~10 on the GPT), so
 # that the median over rounds does not drop its periodic cost.
 SETTINGS = {
-    "mlp": (250, 11, 600),
-    "cnn": (20, 8, 30),
-    "gpt": (10, 8, 30),
+    "mlp": (250, 9, 500),
+    "cnn": (20, 7, 25),
+    "gpt": (10, 7, 25),
 }
 QUICK = {"mlp": (40, 4, 200), "cnn": (4, 3, 8), "gpt": (3, 3, 8)}
 CONFIGS = ("bare", "watch default", "watch every=1", "wandb", "tensorboard")
@@ -354,6 +354,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     args = ap.parse_args()
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     names = args.only.split(",")
     bw, kernel, kernel_hist = bandwidth()
     tmp = tempfile.mkdtemp(prefix="nnprobe-bench-")
@@ -373,6 +374,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in line.items() if k != "res"}
                          | {c: round(res["ratio " + c], 3) for c in CONFIGS if c in res and c != "bare"}), flush=True)
 
+    load = os.getloadavg()
     cmd = "python benches/bench_watch.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only != "mlp,cnn,gpt" else "")
     head = "| workload | bare ms/step | watch default | watch every=1 | wandb log=all | TB histograms | sampled (default) | core / floor | every=1 extra / floor | peak RSS default / every=1 |"
     table = [head, "|" + "---|" * 10]
@@ -407,7 +409,8 @@ def main() -> None:
         "of activations and gradients only; `core` averages over ten sampled steps.",
         "",
         *notes,
-        f"Run time {time.perf_counter() - t_start:.0f} s.",
+        f"Run time {time.perf_counter() - t_start:.0f} s; load average at the start {load_start[0]:.1f}, at the end "
+        f"{load[0]:.1f} (the 2 cores are shared with other work: the absolute times move, the ratios less so).",
     ])
     print(body)
     if not args.no_write:

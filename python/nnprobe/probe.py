@@ -193,14 +193,18 @@ class Probe:
         self._hooks = hooks.HookSet()
         self._sampled_hooks = hooks.HookSet()
         self._hookset = hooks.HookSet
-        self._hooks.forward_pre(model, self._make_root_hook(), with_kwargs=True)
-        if opts:
-            self._hooks.optimizer(opts[0], self._on_step_pre, self._on_step_post)
-        losses.attach(self._loss_obs)
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda p: p is not None and p.close())(ref())
-        atexit.register(self._atexit)
-        self._begin_step()
+        try:
+            self._hooks.forward_pre(model, self._make_root_hook(), with_kwargs=True)
+            if opts:
+                self._hooks.optimizer(opts[0], self._on_step_pre, self._on_step_post)
+            losses.attach(self._loss_obs)
+            atexit.register(self._atexit)
+            self._begin_step()
+        except BaseException:
+            self.close()  # a half-made probe leaves nothing behind
+            raise
 
     # ================================================================== structure
     def _world(self) -> int:
@@ -1136,6 +1140,8 @@ class Probe:
         self._hooks.remove()
         self._losses_mod.detach(self._loss_obs)
         self._record = None
+        self._inputs = []  # let the last batch go
+        self._snap = []
         try:
             self._loss_obs.resolve(wait=True)
             self._resolve_device_losses(self._step)
