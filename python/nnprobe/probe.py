@@ -44,6 +44,7 @@ from .history import DEAD, FIELDS, KINDS, NF, RATIO, SATURATED, History, Rows
 log = logging.getLogger("nnprobe")
 
 FORCED_FIRST = 3  # the first steps are always sampled (init checks need them)
+AUTO_AIM = 0.8  # every="auto" spends this share of the overhead budget, keeping the rest as margin
 HIST_EVERY = 10  # histograms on one sampled step in HIST_EVERY, the first included
 DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction rule it out
 UPDATE_SAMPLE = 65536  # elements of a parameter kept to measure its update
@@ -935,7 +936,9 @@ class Probe:
         # that no timer sees (the model's forward pre-hook, the loss wrappers, the zero_grad
         # sentinel, PyTorch's slower call path for a module with hooks)
         cheap = 2 * float(np.median(self._cheap)) if self._cheap else 0.0
-        rate = max(self._overhead * bare - cheap, 0.25 * self._overhead * bare)
+        # aim at 80% of the budget: what a sampled step adds is measured against noisy step times
+        budget = AUTO_AIM * self._overhead * bare
+        rate = max(budget - cheap, 0.25 * budget)
         # unused budget is kept for at most two samples: no bursts of samples after a quiet spell
         self._spent = max(self._spent, rate * s - 2 * self._cost_est)
         target = (self._spent + self._cost_est) / rate
