@@ -44,6 +44,7 @@ from .history import DEAD, FIELDS, KINDS, NF, RATIO, SATURATED, History, Rows
 log = logging.getLogger("nnprobe")
 
 FORCED_FIRST = 3  # the first steps are always sampled (init checks need them)
+AUTO_AIM = 0.8  # every="auto" spends this share of the overhead budget, keeping the rest as margin
 HIST_EVERY = 10  # histograms on one sampled step in HIST_EVERY, the first included
 DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction rule it out
 UPDATE_SAMPLE = 65536  # elements of a parameter kept to measure its update
@@ -193,14 +194,18 @@ class Probe:
         self._hooks = hooks.HookSet()
         self._sampled_hooks = hooks.HookSet()
         self._hookset = hooks.HookSet
-        self._hooks.forward_pre(model, self._make_root_hook(), with_kwargs=True)
-        if opts:
-            self._hooks.optimizer(opts[0], self._on_step_pre, self._on_step_post)
-        losses.attach(self._loss_obs)
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda p: p is not None and p.close())(ref())
-        atexit.register(self._atexit)
-        self._begin_step()
+        try:
+            self._hooks.forward_pre(model, self._make_root_hook(), with_kwargs=True)
+            if opts:
+                self._hooks.optimizer(opts[0], self._on_step_pre, self._on_step_post)
+            losses.attach(self._loss_obs)
+            atexit.register(self._atexit)
+            self._begin_step()
+        except BaseException:
+            self.close()  # a half-made probe leaves nothing behind
+            raise
 
     # ================================================================== structure
     def _world(self) -> int:
@@ -931,7 +936,9 @@ class Probe:
         # that no timer sees (the model's forward pre-hook, the loss wrappers, the zero_grad
         # sentinel, PyTorch's slower call path for a module with hooks)
         cheap = 2 * float(np.median(self._cheap)) if self._cheap else 0.0
-        rate = max(self._overhead * bare - cheap, 0.25 * self._overhead * bare)
+        # aim at 80% of the budget: what a sampled step adds is measured against noisy step times
+        budget = AUTO_AIM * self._overhead * bare
+        rate = max(budget - cheap, 0.25 * budget)
         # unused budget is kept for at most two samples: no bursts of samples after a quiet spell
         self._spent = max(self._spent, rate * s - 2 * self._cost_est)
         target = (self._spent + self._cost_est) / rate
@@ -1136,6 +1143,8 @@ class Probe:
         self._hooks.remove()
         self._losses_mod.detach(self._loss_obs)
         self._record = None
+        self._inputs = []  # let the last batch go
+        self._snap = []
         try:
             self._loss_obs.resolve(wait=True)
             self._resolve_device_losses(self._step)
