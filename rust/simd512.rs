@@ -16,7 +16,7 @@ use crate::stats::{BlockSums, HistScratch, HIST_BINS, HIST_LO};
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-const PREFETCH_BYTES: usize = 1024;
+const PREFETCH_BYTES: usize = 512;
 
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -64,22 +64,6 @@ fn acc_add(acc: &mut Acc, x: __m512) {
 /// Byte marking a value the histogram skips; above every bin, so the block's lowest bin ignores it.
 const DISCARD: u8 = 0xff;
 
-/// The histogram bins of 16 float32 lanes as bytes: 0..=63, or DISCARD for zero and
-/// non-finite values. Subnormals have a zero exponent field but non-zero bits: bin 0, as they should.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,popcnt")]
-fn bin_bytes(x: __m512) -> __m128i {
-    let bits = _mm512_castps_si512(x);
-    let e = _mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff));
-    let bin = _mm512_min_epi32(
-        _mm512_max_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(127 + HIST_LO)), _mm512_setzero_si512()),
-        _mm512_set1_epi32(HIST_BINS as i32 - 1),
-    );
-    let zero = _mm512_cmpeq_epi32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fff_ffff)), _mm512_setzero_si512());
-    let nonfinite = _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(0xff));
-    _mm512_cvtepi32_epi8(_mm512_mask_mov_epi32(bin, zero | nonfinite, _mm512_set1_epi32(DISCARD as i32)))
-}
-
 /// Histogram by counting, not scattering: the block's bins go into a byte buffer, and each bin
 /// value present is counted 64 bytes at a time with a compare into a mask and a popcount. A block
 /// of real data spans few bins (about 15 for a Gaussian), so this beats one scalar increment per
@@ -92,37 +76,56 @@ macro_rules! hist512 {
         /// The CPU must support AVX-512 F/BW/VL/DQ.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,popcnt")]
         pub unsafe fn $hist(xs: &[$E], h: &mut HistScratch) {
-            let mut buf = [DISCARD; HIST_CHUNK + 64];
+            let mut buf = [0u8; HIST_CHUNK + 64];
+            let exp_bits = _mm512_set1_epi32(0x7f80_0000);
+            let mag_bits = _mm512_set1_epi32(0x7fff_ffff);
             for chunk in xs.chunks(HIST_CHUNK) {
                 let p = chunk.as_ptr();
                 let n = chunk.len();
+                // 1. the exponent byte of every value (the sign lands in bit 8 and is cut off),
+                //    and how many are subnormal (exponent 0 but not zero: they belong in bin 0)
+                let mut subnormal = 0u64;
                 let mut i = 0;
                 while i + 16 <= n {
                     let $q = p.add(i);
-                    _mm_storeu_si128(buf.as_mut_ptr().add(i) as *mut __m128i, bin_bytes($load));
+                    let bits = _mm512_castps_si512($load);
+                    _mm_storeu_si128(buf.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(_mm512_srli_epi32::<23>(bits)));
+                    subnormal += (_mm512_testn_epi32_mask(bits, exp_bits) & _mm512_test_epi32_mask(bits, mag_bits)).count_ones() as u64;
                     i += 16;
                 }
                 for (k, &x) in chunk[i..].iter().enumerate() {
-                    let b = crate::stats::hist_bin(x.to_f32() as f64);
-                    buf[i + k] = if b < HIST_BINS { b as u8 } else { DISCARD };
+                    let bits = x.to_f32().to_bits();
+                    buf[i + k] = ((bits >> 23) & 0xff) as u8;
+                    subnormal += ((bits & 0x7f80_0000) == 0 && (bits & 0x7fff_ffff) != 0) as u64;
                 }
-                // pad to whole 64-byte vectors with the discard marker
+                // 2. exponents -> bins, 64 at a time (exponents 0 and 255: zero, subnormal and
+                //    non-finite values are set aside); the block's lowest and highest bin
                 let padded = n.div_ceil(64) * 64;
-                buf[n..padded].fill(DISCARD);
-                let discard = _mm512_set1_epi8(DISCARD as i8);
-                let (mut lo, mut hi) = (_mm512_set1_epi8(-1), _mm512_setzero_si512());
+                buf[n..padded].fill(0);
+                let (zero, full) = (_mm512_setzero_si512(), _mm512_set1_epi8(-1));
+                let bias = _mm512_set1_epi8((127 + HIST_LO) as i8);
+                let top = _mm512_set1_epi8(HIST_BINS as i8 - 1);
+                let (mut lo, mut hi) = (full, zero);
                 for j in (0..padded).step_by(64) {
-                    let v = _mm512_loadu_si512(buf.as_ptr().add(j) as *const __m512i);
-                    lo = _mm512_min_epu8(lo, v);
-                    hi = _mm512_max_epu8(hi, _mm512_maskz_mov_epi8(_mm512_cmpneq_epi8_mask(v, discard), v));
+                    let e = _mm512_loadu_si512(buf.as_ptr().add(j) as *const __m512i);
+                    let skip = _mm512_cmpeq_epi8_mask(e, zero) | _mm512_cmpeq_epi8_mask(e, full);
+                    let bin = _mm512_min_epu8(_mm512_subs_epu8(e, bias), top);
+                    lo = _mm512_mask_min_epu8(lo, !skip, lo, bin);
+                    hi = _mm512_mask_max_epu8(hi, !skip, hi, bin);
+                    _mm512_storeu_si512(buf.as_mut_ptr().add(j) as *mut __m512i, _mm512_mask_mov_epi8(bin, skip, full));
                 }
+                h[0][0] += subnormal as u32;
                 let mut lo_b = [0u8; 64];
                 let mut hi_b = [0u8; 64];
                 _mm512_storeu_si512(lo_b.as_mut_ptr() as *mut __m512i, lo);
                 _mm512_storeu_si512(hi_b.as_mut_ptr() as *mut __m512i, hi);
-                let lo = *lo_b.iter().min().unwrap_or(&0) as usize;
-                let hi = (*hi_b.iter().max().unwrap_or(&0) as usize).min(HIST_BINS - 1);
-                if hi >= lo && hi - lo >= 24 {
+                let lo = *lo_b.iter().min().unwrap_or(&DISCARD) as usize;
+                let hi = *hi_b.iter().max().unwrap_or(&0) as usize;
+                if lo > hi {
+                    continue; // nothing but zeros, subnormals and non-finite values
+                }
+                // 3. count each bin present, 64 bytes per compare; scatter when the block is wide
+                if hi - lo >= 24 {
                     for (k, &b) in buf[..n].iter().enumerate() {
                         h[k % crate::stats::HIST_COPIES][(b as usize).min(HIST_BINS)] += 1;
                     }

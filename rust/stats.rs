@@ -604,7 +604,14 @@ mod tests {
                 same(unsafe { crate::simd512::block_f32(&xs) });
                 unsafe { crate::simd512::hist_f32(&xs, &mut h) };
                 assert_eq!(total(&h), total(&want_h));
-                let wide: Vec<f32> = (0..3000).map(|i| 2f32.powi(i % 120 - 60) * if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+                let mut wide: Vec<f32> = (0..3000).map(|i| 2f32.powi(i % 120 - 60) * if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+                wide.extend([f32::MIN_POSITIVE / 8.0, -f32::MIN_POSITIVE / 3.0, 0.0, -0.0, f32::NAN, f32::INFINITY, 1e38, 1e-40]);
+                let mut narrow_special: Vec<f32> = (0..100).map(|i| 1.0 + i as f32 / 128.0).collect();
+                narrow_special.extend([f32::MIN_POSITIVE / 8.0, 0.0, f32::NAN, f32::NEG_INFINITY]);
+                let (mut c, mut d): (HistScratch, HistScratch) = ([[0; HIST_BINS + 1]; HIST_COPIES], [[0; HIST_BINS + 1]; HIST_COPIES]);
+                unsafe { crate::simd512::hist_f32(&narrow_special, &mut c) };
+                hist_generic(&narrow_special, &mut d);
+                assert_eq!(total(&c), total(&d));
                 let (mut a, mut b): (HistScratch, HistScratch) = ([[0; HIST_BINS + 1]; HIST_COPIES], [[0; HIST_BINS + 1]; HIST_COPIES]);
                 unsafe { crate::simd512::hist_f32(&wide, &mut a) };
                 hist_generic(&wide, &mut b);
