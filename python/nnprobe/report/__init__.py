@@ -200,7 +200,9 @@ def plot_loss(run: RunData) -> str | None:
     fin = np.isfinite(run.loss_values)
     if fin.sum() < 2:
         return None
-    fig, ax = _figure("Loss", "step", "loss", logy=bool((run.loss_values[fin] > 0).all()))
+    vals = run.loss_values[fin]
+    # log scale only when the loss spans a decade or more; a flat loss reads better on a linear axis
+    fig, ax = _figure("Loss", "step", "loss", logy=bool((vals > 0).all() and vals.max() > 10 * vals.min()))
     ax.plot(run.loss_steps[fin], run.loss_values[fin], lw=1.2)
     bad = ~fin
     if bad.any():
