@@ -1244,6 +1244,15 @@ class Probe:
                 raise KeyError(f"unknown stat {stat!r}")
         return out
 
+    def _last_measured(self, row: int, field: int) -> float | None:
+        """The latest finite value of one figure of a row: dead and saturated fractions are only
+        measured exactly on some sampled steps (ruled out cheaply on the others)."""
+        if row < 0 or not len(self._history.matrices):
+            return None
+        col = self._history.matrices[:, row, field]
+        ok = np.isfinite(col)
+        return float(col[ok][-1]) if ok.any() else None
+
     def summary(self) -> str:
         """A per-layer table of the latest sampled figures, and the findings."""
         C = {f: i for i, f in enumerate(FIELDS)}
@@ -1271,8 +1280,8 @@ class Probe:
                 name, type(m).__name__,
                 fmt(float(act[C["mean"]]) if act is not None else None),
                 fmt(float(act[C["std"]]) if act is not None else None),
-                fmt(float(act[DEAD]) if act is not None else None, pct=True),
-                fmt(float(act[SATURATED]) if act is not None else None, pct=True),
+                fmt(self._last_measured(arow, DEAD), pct=True),
+                fmt(self._last_measured(arow, SATURATED), pct=True),
                 fmt(float(np.sqrt(og[C["l2"]] ** 2 / max(og[0] - og[1] - og[2], 1))) if og is not None else None),
                 fmt(float(pg[0]) if len(pg) else None),
                 fmt(max(ratio_vals) if ratio_vals else None),
