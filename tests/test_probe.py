@@ -19,14 +19,6 @@ from nnprobe.hooks import snapshot
 from fixtures import models as Z
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two shared cores: torch's spinning OpenMP threads slow everything down under load
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def loud(probe):
     """Findings above info: a clean loop must have none."""

@@ -15,13 +15,6 @@ import nnprobe
 from fixtures import models as Z
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def watched(model, opt, data, steps, *, every=1, **kw):
     """Train under a probe; returns the closed probe."""
