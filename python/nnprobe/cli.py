@@ -89,10 +89,12 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parents[2] / "benches" / "run.py"
+    # benches/ is not installed with the package: look in the current clone, then beside the source
+    candidates = [Path.cwd() / "benches" / "run.py", Path(__file__).resolve().parents[2] / "benches" / "run.py"]
+    script = next((c for c in candidates if c.exists()), candidates[0])
     if not script.exists():
-        print("nnprobe bench runs benches/ from a clone of the repository; it was not found next to this install "
-              f"({script}). Run it from the clone: python benches/run.py", file=sys.stderr)
+        print("nnprobe bench runs benches/ from a clone of the repository; run it from the clone's top folder "
+              f"(looked for {script})", file=sys.stderr)
         return 2
     return subprocess.call([sys.executable, str(script), *args.rest])
 
