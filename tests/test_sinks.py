@@ -11,8 +11,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -7,7 +7,6 @@ Everything is generated here (nothing is downloaded): a 10-class problem of 32 f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -196,6 +195,3 @@ def run(bug: str | None, out: Path, *, steps: int = 150, batch: int = 64, consol
 def expected_codes(bug: str | None) -> tuple[str, ...]:
     return BUGS[bug].expects if bug else ()
 
-
-def finite_or_nan(v: float) -> float:
-    return v if math.isfinite(v) else float("nan")
