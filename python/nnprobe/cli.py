@@ -32,15 +32,10 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"  one-shot check: {f}")
         if not args.quiet:
             print(probe.summary())
-        if deps is not None and getattr(deps, "mask", None) is not None:
-            save_mask(run_dir / "log", "batch independence", deps.mask.mask if hasattr(deps.mask, "mask") else deps.mask)
+        mask = deps.mask.mask
+        save_mask(run_dir / "log", "batch independence", mask)  # so that `nnprobe report` draws it too
         run = from_probe(probe)
-        from .report import load_log
-
-        try:
-            run.masks = load_log(run_dir / "log").masks
-        except (FileNotFoundError, ValueError):
-            pass
+        run.masks = [("batch independence", mask)]
         extra = [{"code": f.code, "severity": f.severity, "message": f.message, "module": f.module, "step": f.step,
                   "hint": f.hint, "count": f.count} for f in one_shot]
         page = render(run, run_dir / "report.html", title=f"nnprobe demo: {label}", extra_findings=extra)
