@@ -261,7 +261,7 @@ def bandwidth() -> tuple[float, float, float]:
 
 def core_time_per_sampled_step(name: str, steps: int) -> tuple[float, int]:
     """Seconds inside the core's passes per sampled step (every=1), and elements watched."""
-    import nnprobe._record as R
+    import nnprobe.runtime.record as R
 
     spent = [0.0]
     orig_rows, orig_many = R.core_rows, R._core.stats_many

@@ -64,8 +64,8 @@ def worker(rank, world, port, outdir):
             torch.nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
         auto.close()
-        act0 = probe._rows.find("0", "activations")
-        step0 = [(rows, counts) for step, rows, counts in probe._history.hists if step == 0][0]
+        act0 = probe.plan.rows.find("0", "activations")
+        step0 = [(rows, counts) for step, rows, counts in probe.store.hists if step == 0][0]
         hist0 = int(step0[1][list(step0[0]).index(act0)].sum())
         out = {"hist0": hist0, "sampled": probe.sampled_steps.tolist(), "codes": sorted(probe.codes()),
                "auto_sampled": auto.sampled_steps.tolist(), "auto_codes": sorted(auto.codes())}

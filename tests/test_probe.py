@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nnprobe
-from nnprobe.hooks import snapshot
+from nnprobe.runtime.hooks import snapshot
 from fixtures import models as Z
 
 
@@ -390,8 +390,8 @@ def test_device_stats_device_path_agrees_with_the_core():
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with nnprobe.watch(model, opt, every=1, console=False, device_stats=policy) as probe:
             Z.train(model, opt, Z.batches(*Z.digits()), 3)
-        out[policy] = probe._history.matrices.copy()
-    from nnprobe.history import DEAD
+        out[policy] = probe.store.matrices.copy()
+    from nnprobe.figures import DEAD
 
     # the dead-unit fraction: measured per unit by both, but the host path skips the pass when the
     # core's zeros count already rules dead units out
@@ -400,7 +400,7 @@ def test_device_stats_device_path_agrees_with_the_core():
 
 
 def test_device_moments_of_awkward_tensors():
-    from nnprobe._tensor import device_moments, moments_to_public
+    from nnprobe.runtime.tensors import device_moments, moments_to_public
 
     for t in (torch.tensor([]), torch.tensor([float("nan"), float("inf"), 1.0, 0.0]), torch.arange(6).view(2, 3).t(),
               torch.randn(3, 4, dtype=torch.float16), torch.randn(7, dtype=torch.bfloat16)):
@@ -433,7 +433,7 @@ def test_no_optimizer_mode_counts_probe_steps():
 
 # ------------------------------------------------------------------------ failures and strict
 def test_an_internal_failure_is_logged_once_and_training_goes_on(monkeypatch, caplog):
-    import nnprobe._record as R
+    import nnprobe.runtime.record as R
 
     def broken(xs):
         raise RuntimeError("core exploded")
@@ -509,7 +509,7 @@ def test_cuda_training_is_watched_without_changing_it(policy):
 
 @cuda
 def test_cuda_device_moments_agree_with_the_core():
-    from nnprobe._tensor import device_moments
+    from nnprobe.runtime.tensors import device_moments
 
     x = torch.randn(1000, 37)
     x[3, 4] = float("nan")

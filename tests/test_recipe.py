@@ -45,7 +45,7 @@ def test_optimizer_param_groups_are_copied():
     model = mlp()
     opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.0}], lr=0.3)
     copy = mlp()
-    clone = nnprobe.checks.recipe.clone_optimizer(opt, model, copy)
+    clone = nnprobe.preflight.recipe.clone_optimizer(opt, model, copy)
     assert type(clone) is torch.optim.SGD
     assert [g["lr"] for g in clone.param_groups] == [0.1, 0.0]
     assert clone.param_groups[1]["params"][0] is copy[2].weight

@@ -1,16 +1,16 @@
 """nnprobe: catches the mistakes that make neural-network training fail silently, while it runs."""
 
-from ._core import Layout, TensorStats
+from .core import Layout, TensorStats
 from .findings import CATALOGUE, Finding, explain
 from .errors import DeviceError, DiagnosticError, DtypeError, InputError, LayoutError, NnprobeError
-from .checks.data import DataReport, inspect_data
-from .checks.deps import DependencyMask, DependencyReport, check_batch_independence, check_causal, dependency_mask
-from .checks.init import InitReport, check_init
-from .checks.layout_trace import LayoutTrace, trace_layout
-from .checks.lint import LintReport, lint
-from .checks.recipe import OverfitReport, ReproReport, check_reproducible, overfit_one_batch
-from .doctor import DoctorReport, doctor
-from .probe import Probe, watch
+from .preflight.data import DataReport, inspect_data
+from .preflight.deps import DependencyMask, DependencyReport, check_batch_independence, check_causal, dependency_mask
+from .preflight.init import InitReport, check_init
+from .preflight.layout_trace import LayoutTrace, trace_layout
+from .preflight.lint import LintReport, lint
+from .preflight.recipe import OverfitReport, ReproReport, check_reproducible, overfit_one_batch
+from .preflight.doctor import DoctorReport, doctor
+from .runtime import Probe, watch
 from .primitives import (
     STATS_FIELDS,
     get_num_threads,

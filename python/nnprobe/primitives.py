@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from . import _core
-from ._core import Layout, TensorStats
+from . import core
+from .core import Layout, TensorStats
 from .errors import InputError, LayoutError
 
-STATS_FIELDS: tuple[str, ...] = tuple(_core.STATS_FIELDS)
+STATS_FIELDS = core.STATS_FIELDS
 
 
 def stats(x: Any, *, hist: bool = False) -> TensorStats:
@@ -18,12 +18,12 @@ def stats(x: Any, *, hist: bool = False) -> TensorStats:
     ``absmax`` and ``absmean`` are over the finite values. With ``hist=True``, a 64-bin histogram of
     floor(log2|x|) over finite non-zero values (``hist_edges``, ``hist_counts``).
     """
-    return _core.stats(x, hist=hist)
+    return core.stats(x, hist=hist)
 
 
 def stats_many(xs: Sequence[Any], *, hist: bool = False) -> list[TensorStats]:
     """``stats`` of every tensor in ``xs`` in one call, parallel across tensors and within big ones."""
-    return _core.stats_many(xs, hist=hist)
+    return core.stats_many(xs, hist=hist)
 
 
 def layout(x: Any) -> Layout:
@@ -56,13 +56,13 @@ def layout(x: Any) -> Layout:
 def reshape_groups(old_shape: Sequence[int], new_shape: Sequence[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Which old axes merge or split into which new axes: the finest split of both shapes into
     consecutive groups of equal size (size-1 axes join the group after them)."""
-    return [(tuple(a), tuple(b)) for a, b in _core.reshape_groups(list(old_shape), list(new_shape))]
+    return [(tuple(a), tuple(b)) for a, b in core.reshape_groups(list(old_shape), list(new_shape))]
 
 
 def set_num_threads(n: int) -> None:
     """Threads for the passes over data (0: one per core; a forked child always uses 1)."""
-    _core.set_num_threads(n)
+    core.set_num_threads(n)
 
 
 def get_num_threads() -> int:
-    return _core.get_num_threads()
+    return core.get_num_threads()

@@ -39,33 +39,14 @@ from typing import Any
 
 import numpy as np
 
+from . import core
+from .figures import FIELDS, Plan, Rows, jsonable as _jsonable, num as _num, num32
 from .findings import Finding
-from .history import FIELDS, Rows
 
 log = logging.getLogger("nnprobe")
 
 JSONL_NAME = "nnprobe.jsonl"
 FORMAT_VERSION = 1
-
-
-def _num(v: float) -> float | None:
-    if not math.isfinite(v):
-        return None
-    return float(f"{v:.6g}")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return _num(float(obj))
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def finding_record(f: Finding) -> dict[str, Any]:
@@ -75,10 +56,14 @@ def finding_record(f: Finding) -> dict[str, Any]:
 
 
 class Sink:
-    def start(self, meta: dict[str, Any], rows: Rows) -> None: ...
+    """What a probe hands its sinks. `record`: a sampled step's figures, the losses and the other
+    steps' figures (compact JSON, see `StepFigures.to_json`) since the last call; `losses`: the
+    same without a sampled step."""
+
+    def start(self, meta: dict[str, Any], plan: Plan) -> None: ...
     def record(self, step: int, mat: np.ndarray, present: np.ndarray, losses: list[tuple[int, float]],
-               hists: dict[int, np.ndarray]) -> None: ...
-    def losses(self, losses: list[tuple[int, float]]) -> None: ...
+               hists: dict[int, np.ndarray], figures: list[dict[str, Any]]) -> None: ...
+    def losses(self, losses: list[tuple[int, float]], figures: list[dict[str, Any]]) -> None: ...
     def finding(self, f: Finding) -> None: ...
     def close(self, step: int, findings: list[Finding]) -> None: ...
 
@@ -116,28 +101,26 @@ class JsonlSink(Sink):
         self._f.write("\n")
         self._f.flush()
 
-    def start(self, meta: dict[str, Any], rows: Rows) -> None:
-        from . import _core
-
-        self._rows = rows
+    def start(self, meta: dict[str, Any], plan: Plan) -> None:
+        self._rows = plan.rows
         self._write({
             "type": "start", "version": FORMAT_VERSION, "time": time.time(), **_jsonable(meta),
-            "fields": list(FIELDS), "hist": {"lo": int(_core.HIST_LO), "bins": int(_core.HIST_BINS), "unit": "log2|x|"},
-            "rows": _jsonable(rows.describe()),
+            "fields": list(FIELDS), "hist": {"lo": core.HIST_LO, "bins": core.HIST_BINS, "unit": "log2|x|"},
+            "rows": _jsonable(plan.rows.describe()), "plan": _jsonable(plan.to_json()),
         })
 
     def record(self, step: int, mat: np.ndarray, present: np.ndarray, losses: list[tuple[int, float]],
-               hists: dict[int, np.ndarray]) -> None:
+               hists: dict[int, np.ndarray], figures: list[dict[str, Any]]) -> None:
         assert self._rows is not None
         rows = self._rows.rows
         stats: dict[str, dict[str, Any]] = {}
         for i in np.nonzero(present)[0]:
             r = rows[i]
-            stats.setdefault(r.kind, {})[r.name] = [_num(float(v)) for v in mat[i]]
+            stats.setdefault(r.kind, {})[r.name] = [num32(float(v)) for v in mat[i]]
         rec: dict[str, Any] = {
             "type": "step", "step": step, "time": time.time(),
             "loss": next((_num(v) for s, v in reversed(losses) if s == step), None),
-            "losses": [[s, _num(v)] for s, v in losses], "stats": stats,
+            "losses": [[s, _num(v)] for s, v in losses], "stats": stats, "figures": figures,
         }
         if hists:
             h: dict[str, dict[str, Any]] = {}
@@ -146,8 +129,8 @@ class JsonlSink(Sink):
             rec["hist"] = h
         self._write(rec)
 
-    def losses(self, losses: list[tuple[int, float]]) -> None:
-        self._write({"type": "losses", "losses": [[s, _num(v)] for s, v in losses]})
+    def losses(self, losses: list[tuple[int, float]], figures: list[dict[str, Any]]) -> None:
+        self._write({"type": "losses", "losses": [[s, _num(v)] for s, v in losses], "figures": figures})
 
     def finding(self, f: Finding) -> None:
         self._write({"type": "finding", **finding_record(f)})
@@ -167,13 +150,11 @@ class TensorBoardSink(Sink):
         self._w = SummaryWriter(log_dir=log_dir)
         self._rows: Rows | None = None
 
-    def start(self, meta: dict[str, Any], rows: Rows) -> None:
-        self._rows = rows
+    def start(self, meta: dict[str, Any], plan: Plan) -> None:
+        self._rows = plan.rows
 
     def record(self, step: int, mat: np.ndarray, present: np.ndarray, losses: list[tuple[int, float]],
-               hists: dict[int, np.ndarray]) -> None:
-        from . import _core
-
+               hists: dict[int, np.ndarray], figures: list[dict[str, Any]]) -> None:
         assert self._rows is not None
         rows = self._rows.rows
         C = {f: i for i, f in enumerate(FIELDS)}
@@ -194,7 +175,7 @@ class TensorBoardSink(Sink):
             for k, v in vals.items():
                 if math.isfinite(v):
                     self._w.add_scalar(f"{r.kind}/{r.name}/{k}", float(v), step)
-        lo = int(_core.HIST_LO)
+        lo = core.HIST_LO
         for i, counts in hists.items():
             r = rows[i]
             total = int(counts.sum())
@@ -211,7 +192,7 @@ class TensorBoardSink(Sink):
             )
         self._w.flush()
 
-    def losses(self, losses: list[tuple[int, float]]) -> None:
+    def losses(self, losses: list[tuple[int, float]], figures: list[dict[str, Any]]) -> None:
         for s, v in losses:
             if math.isfinite(v):
                 self._w.add_scalar("loss", v, s)
@@ -222,3 +203,14 @@ class TensorBoardSink(Sink):
     def close(self, step: int, findings: list[Finding]) -> None:
         self._w.flush()
         self._w.close()
+
+
+def make_sinks(*, console: bool, log_dir: str | None, tensorboard: bool) -> list[Sink]:
+    sinks: list[Sink] = []
+    if console:
+        sinks.append(ConsoleSink())
+    if log_dir is not None:
+        sinks.append(JsonlSink(log_dir))
+    if tensorboard:
+        sinks.append(TensorBoardSink(log_dir))
+    return sinks

@@ -131,24 +131,24 @@ def from_probe(probe: Any) -> RunData:
     """The same figures, from a probe's in-memory history."""
     from dataclasses import asdict
 
-    from ..history import FIELDS
+    from ..figures import FIELDS
 
-    h = probe._history
+    h = probe.store
     hists: dict[int, list[tuple[int, np.ndarray]]] = {}
     for step, rows, counts in h.hists:
         for r, c in zip(rows, counts):
             hists.setdefault(int(r), []).append((int(step), np.asarray(c, dtype=np.float64)))
     ls, lv = h.losses()
-    from .. import _core
+    from .. import core
 
     findings = []
     for f in probe.findings:
         d = asdict(f)
         findings.append(d)
     return RunData(
-        fields=list(FIELDS), rows=probe._rows.describe(), steps=h.steps, mats=h.matrices.astype(np.float64),
-        hist_lo=int(_core.HIST_LO), hists=hists, loss_steps=ls, loss_values=lv, findings=findings,
-        meta={"model": type(probe._model).__name__} if hasattr(probe, "_model") else {},
+        fields=list(FIELDS), rows=probe.plan.rows.describe(), steps=h.steps, mats=h.matrices.astype(np.float64),
+        hist_lo=core.HIST_LO, hists=hists, loss_steps=ls, loss_values=lv, findings=findings,
+        meta={"model": next(iter(probe.plan.modules.values()), "")},
     )
 
 

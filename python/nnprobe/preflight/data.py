@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
+from .. import core
 from ..errors import InputError
 from ..findings import Finding, Report
 
@@ -229,8 +229,8 @@ def _feature_stats(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np
     """Per-feature/channel mean, std, min, max (core stats over strided views) and the count of
     non-finite values."""
     views = [x[(slice(None),) * axis + (c,)] for c in range(x.shape[axis])]  # strided views, no copies
-    st = _core.stats_array(views)
-    col = {f: i for i, f in enumerate(_core.STATS_FIELDS)}
+    st = core.stats_rows(views)
+    col = {f: i for i, f in enumerate(core.STATS_FIELDS)}
     nonfinite = int(st[:, col["nan"]].sum() + st[:, col["inf"]].sum())
     return st[:, col["mean"]], st[:, col["std"]], st[:, col["min"]], st[:, col["max"]], nonfinite
 
@@ -308,7 +308,7 @@ def inspect_data(data: Any, *, test: Any = None, max_samples: int | None = None,
             rep.outliers = _outliers(xf if x.ndim == 2 else None, mean, std)
 
     # exact duplicates within the split, overlap with the test split
-    dup = _core.duplicate_rows(xf)
+    dup = core.duplicate_rows(xf)
     rep.duplicates = dup
     if len(dup):
         conflicts = int(np.sum(y[dup[:, 0]] != y[dup[:, 1]])) if y is not None and y.ndim == 1 else 0
@@ -333,7 +333,7 @@ def inspect_data(data: Any, *, test: Any = None, max_samples: int | None = None,
             raise InputError(f"test samples have {tx.shape[1]} values each, the data's have {xf.shape[1]}")
         if tx.dtype != xf.dtype:
             tx = tx.astype(xf.dtype)
-        ov = _core.overlap_rows(xf, tx)
+        ov = core.overlap_rows(xf, tx)
         rep.overlap = ov
         if len(ov):
             share = len(ov) / max(1, len(tx))

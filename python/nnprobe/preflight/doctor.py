@@ -12,7 +12,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .findings import Finding, Report
+from ..findings import Finding, Report
 
 OVERFIT_SAMPLES = 16  # Karpathy: overfit "a single batch of only a few examples"; TheDeepChecker uses 16
 DATA_SAMPLES = 200_000  # cap on the samples inspect_data reads from the loader's dataset
@@ -112,11 +112,11 @@ def doctor(model: Any, loader: Any, loss_fn: Callable, optimizer: Any, *, steps:
     a copy of the model under `nnprobe.watch`."""
     import torch
 
-    from .checks.data import inspect_data
-    from .checks.deps import check_batch_independence
-    from .checks.init import check_init, split_batch
-    from .checks.lint import lint
-    from .checks.recipe import clone_optimizer, overfit_one_batch
+    from .data import inspect_data
+    from .deps import check_batch_independence
+    from .init import check_init, split_batch
+    from .lint import lint
+    from .recipe import clone_optimizer, overfit_one_batch
 
     device = _device_of(model)
     batch = _to(next(iter(loader)), device)
@@ -148,8 +148,8 @@ def doctor(model: Any, loader: Any, loss_fn: Callable, optimizer: Any, *, steps:
         stages.append(Stage("watched run", None, "nnprobe.watch is not available in this build"))
     else:
         def watched() -> Report:
-            from .checks.deps import first_tensor
-            from .checks.init import call_model
+            from .deps import first_tensor
+            from .init import call_model
 
             m = copy.deepcopy(model)
             opt = clone_optimizer(optimizer, model, m)

@@ -8,66 +8,18 @@ bounded size: past `capacity` entries every other one is dropped and only every 
 step is kept (the early steps, which matter for init checks, stay). A report is built from this
 alone (or from the JSON Lines log, which holds the same figures unthinned).
 
-Torch-free: NumPy only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .primitives import STATS_FIELDS
+from ..figures import FIELDS, NF, RATIO, Rows, StepFigures
+from . import tensors as T
 
-EXTRA_FIELDS = ("dead", "saturated", "ratio")
-FIELDS: tuple[str, ...] = STATS_FIELDS + EXTRA_FIELDS
-DEAD, SATURATED, RATIO = (len(STATS_FIELDS) + i for i in range(3))
-NF = len(FIELDS)
-KINDS = ("activations", "gradients", "weights", "updates")
 DERIVED = ("rms", "nonfinite")  # computed from the stored fields on request
-
-
-@dataclass
-class Row:
-    name: str  # a module's or a parameter's qualified name
-    kind: str  # one of KINDS
-    module: str  # the module it belongs to (itself for activations)
-    module_type: str
-    param: bool  # a parameter row (replicated across data-parallel ranks unless sharded)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-class Rows:
-    """The registry of rows: fixed when the probe starts, the same on every rank."""
-
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-        self.index: dict[tuple[str, str], int] = {}
-
-    def add(self, name: str, kind: str, module: str, module_type: str, *, param: bool, **meta: Any) -> int:
-        key = (name, kind)
-        if key in self.index:
-            return self.index[key]
-        self.index[key] = len(self.rows)
-        self.rows.append(Row(name, kind, module, module_type, param, dict(meta)))
-        return self.index[key]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def find(self, name: str, kind: str) -> int | None:
-        return self.index.get((name, kind))
-
-    def of_module(self, module: str, kind: str, *, param: bool) -> list[int]:
-        return [i for i, r in enumerate(self.rows) if r.module == module and r.kind == kind and r.param == param]
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [
-            {"name": r.name, "kind": r.kind, "module": r.module, "type": r.module_type, "param": r.param,
-             **{k: v for k, v in r.meta.items() if isinstance(v, (int, float, str, bool, list, tuple))}}
-            for r in self.rows
-        ]
 
 
 class _Growing:
@@ -131,6 +83,17 @@ class History:
     def append(self, step: int, mat: np.ndarray) -> None:
         self._mats.offer(step, mat)
 
+    def append_step(self, figs: StepFigures) -> None:
+        """A judged step: its loss, and its figures and histograms when it was sampled."""
+        if figs.loss is not None:
+            self.set_loss(figs.step, figs.loss)
+        s = figs.sampled
+        if s is not None:
+            self.append(figs.step, s.mat)
+            if s.hists:
+                idx = np.array(sorted(s.hists), dtype=np.int64)
+                self.add_hist(figs.step, idx, np.stack([s.hists[i] for i in idx]).astype(np.uint64))
+
     def set_loss(self, step: int, value: float) -> bool:
         """Record a step's loss; True when it replaced the one already there for that step."""
         steps = self._loss_steps
@@ -182,3 +145,41 @@ class History:
         if stat == "nonfinite":
             return m[:, 1] + m[:, 2]
         raise KeyError(f"unknown stat {stat!r}; known: {', '.join(FIELDS + DERIVED)}")
+
+    def aggregate(self, members: list[int], stat: str) -> np.ndarray:
+        """One figure over the sampled steps for several rows merged exactly (a module's own
+        parameters); for "ratio" the largest of theirs."""
+        mats = self.matrices.astype(np.float64)
+        out = np.full(len(mats), np.nan)
+        if stat == "ratio":
+            with np.errstate(all="ignore"):
+                vals = mats[:, members, RATIO]
+                ok = ~np.all(np.isnan(vals), axis=1)
+                out[ok] = np.nanmax(vals[ok], axis=1)
+            return out
+        if stat not in FIELDS and stat not in DERIVED:
+            raise KeyError(f"unknown stat {stat!r}; known: {', '.join(FIELDS + DERIVED)}")
+        for k in range(len(mats)):
+            sub = mats[k, members, : T.NFIELDS]
+            sub = sub[~np.isnan(sub[:, 0])]
+            if not len(sub):
+                continue
+            m = T.empty_moments(1)
+            T.merge_into(m, np.zeros(len(sub), dtype=np.int64), T.public_to_moments(sub))
+            agg = T.moments_to_public(m)[0]
+            if stat in FIELDS:
+                out[k] = agg[FIELDS.index(stat)]
+            elif stat == "rms":
+                out[k] = T.rms(agg[None, :])[0]
+            else:
+                out[k] = agg[T.NAN] + agg[T.INF]
+        return out
+
+    def last_measured(self, row: int, field: int) -> float | None:
+        """The latest finite value of one figure of a row (dead and saturated fractions are only
+        measured exactly on some sampled steps)."""
+        if row < 0 or not len(self.matrices):
+            return None
+        col = self.matrices[:, row, field]
+        ok = np.isfinite(col)
+        return float(col[ok][-1]) if ok.any() else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._tensor import ABSMAX, ABSSUM, COUNT, INF, L2SQ, MAX, MIN, NAN, SUM, SUMSQ, ZEROS
+from .tensors import ABSMAX, ABSSUM, COUNT, INF, L2SQ, MAX, MIN, NAN, SUM, SUMSQ, ZEROS
 
 _SUM_COLS = [COUNT, NAN, INF, ZEROS, SUM, SUMSQ, L2SQ, ABSSUM]
 
@@ -35,6 +35,14 @@ def rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank()
+
+
+def world_size() -> int:
+    if not active():
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size()
 
 
 def merge(moments: np.ndarray, replicated: np.ndarray, sat: np.ndarray, dead: np.ndarray, proposal: float

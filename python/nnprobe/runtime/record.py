@@ -2,7 +2,7 @@
 
 Hooks hand tensors to a `StepRecord` as they pass; it reduces each at once (activations can be
 modified in place right after their hook: an in-place ReLU rewrites its Linear's output) through
-the core, or on the device (see `_tensor`). Repeated rows (a shared module called twice, several
+the core, or on the device (see `tensors`). Repeated rows (a shared module called twice, several
 micro-batches) merge exactly in moments form. `collect()` gives the merged moments once every
 device copy has arrived.
 """
@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _core
-from ._tensor import (
-    COUNT, INF, NAN, NFIELDS, Readback, core_rows, device_moments, empty_moments, host_input, local,
-    merge_into, public_to_moments, use_device_path,
+from .. import core
+from .tensors import (
+    ABSMAX, COUNT, INF, MAX, MIN, NAN, NFIELDS, ZEROS, Readback, core_rows, device_moments, empty_moments, host_input,
+    local, merge_into, public_to_moments, use_device_path,
 )
 
-HIST_BINS = int(_core.HIST_BINS)
+DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction rule it out
+SAT_LEVEL = 0.97  # tanh outputs beyond it, sigmoid outputs outside [1 - it, it], are saturated
 
 
 PARALLEL_MIN = 1 << 21  # elements in a batch below which the core's parallel pass does not pay
@@ -31,13 +32,10 @@ def _size(x: Any) -> int:
     return n if isinstance(n, int) else x.numel()
 
 
-def _public(s: Any) -> list[float]:
-    return [s.count, s.nan, s.inf, s.zeros, s.min, s.max, s.mean, s.std, s.l2, s.absmax, s.absmean]
-
-
 class StepRecord:
-    def __init__(self, step: int, rows: int, policy: str, *, hist: bool) -> None:
+    def __init__(self, step: int, rows: int, policy: str, *, hist: bool, judged: bool = True) -> None:
         self.step = step
+        self.judged = judged  # sampled by step count: the checks read it
         self.rows = rows
         self.policy = policy
         self.hist = hist
@@ -61,8 +59,8 @@ class StepRecord:
     # ---- adding figures
     def _host(self, idx: list[int], xs: list[Any], hist: bool = True) -> np.ndarray:
         if self.hist and hist:
-            res = _core.stats_many(xs, hist=True)
-            pub = np.array([_public(s) for s in res], dtype=np.float64).reshape(len(res), NFIELDS)
+            res = core.stats_many(xs, hist=True)
+            pub = np.array([core.public_row(s) for s in res], dtype=np.float64).reshape(len(res), NFIELDS)
             for i, s in zip(idx, res):
                 c = s.hist_counts
                 if c is not None:
@@ -135,6 +133,61 @@ class StepRecord:
     def add_count(self, table: dict[int, Any], row: int, value: Any) -> None:
         prev = table.get(row)
         table[row] = value if prev is None else prev + value
+
+    def unit_stats(self, row: int, unit: str, t: torch.Tensor, pub: np.ndarray | None) -> None:
+        """Dead units (ReLU) or saturated outputs (tanh, sigmoid) of one activation."""
+        x = t.detach()
+        if unit == "relu":
+            self._dead_units(row, x, pub)
+            return
+        if pub is not None:  # the core's figures already rule saturation out
+            if unit == "tanh" and not (pub[ABSMAX] >= SAT_LEVEL):
+                self.add_count(self.sat, row, 0.0)
+                return
+            if unit == "sigmoid" and pub[MIN] > 1 - SAT_LEVEL and pub[MAX] < SAT_LEVEL:
+                self.add_count(self.sat, row, 0.0)
+                return
+        if unit == "tanh":
+            cnt = (x.abs() > SAT_LEVEL).sum()
+        else:
+            cnt = ((x < 1 - SAT_LEVEL) | (x > SAT_LEVEL)).sum()
+        self.add_count(self.sat, row, cnt if cnt.device.type != "cpu" else float(cnt))
+
+    def _dead_units(self, row: int, x: torch.Tensor, pub: np.ndarray | None) -> None:
+        if x.dim() < 2:
+            self.dead_known[row] = False
+            return
+        if x.dim() == 2:
+            dims, units = (0,), x.shape[1]
+        elif x.dim() == 3:  # (batch, time, features)
+            dims, units = (0, 1), x.shape[2]
+        else:  # (batch, channels, spatial...)
+            dims, units = (0,) + tuple(range(2, x.dim())), x.shape[1]
+        if units == 0 or x.numel() // units < 8:
+            self.dead_known[row] = False  # too few examples per unit to call one dead
+            return
+        if pub is not None and not self.hist:
+            # cheap ways to rule dead units out on the host (the exact fraction is still measured
+            # on histogram steps, for the report): fewer zeros than the threshold means fewer dead
+            # units; units alive on the first 8 examples are alive
+            below = pub[ZEROS] < DEAD_PREFILTER * pub[COUNT]
+            if not below and x.shape[0] > 8:
+                below = int((x[:8].amax(dim=dims) > 0).sum()) >= (1 - DEAD_PREFILTER) * units
+            if below:
+                self.dead_below.add(row)
+                self.dead_known[row] = False
+                return
+        # a ReLU's output is >= 0: a unit is alive where its maximum over the batch is > 0
+        # (one reduction, no boolean temporary)
+        alive = x.amax(dim=dims) > 0
+        prev = self.alive.get(row)
+        if prev is None:
+            self.alive[row] = alive
+            self.dead_known.setdefault(row, True)
+        elif prev.shape == alive.shape:
+            self.alive[row] = prev | alive
+        else:
+            self.dead_known[row] = False
 
     # ---- merging
     def collect(self, n_aux: int) -> "Collected":

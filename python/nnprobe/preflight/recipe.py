@@ -139,12 +139,12 @@ def _conflicting_labels(x: Any, y: Any) -> int:
     torch = _torch()
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or y.ndim != 1 or len(x) != len(y):
         return 0
-    from .. import _core
+    from .. import core
 
     xs = x.detach().cpu().reshape(len(x), -1)
     if xs.dtype == torch.bfloat16:
         xs = xs.float()
-    pairs = _core.duplicate_rows(xs)
+    pairs = core.duplicate_rows(xs)
     if not len(pairs):
         return 0
     yl = y.detach().cpu()

@@ -23,14 +23,12 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import _core
+from .. import core
+from ..core import ABSMAX, ABSSUM, COUNT, INF, L2SQ, MAX, MIN, NAN, NFIELDS, SUM, SUMSQ, ZEROS
 
-NFIELDS = 11
-(COUNT, NAN, INF, ZEROS, MIN, MAX, SUM, SUMSQ, L2SQ, ABSMAX, ABSSUM) = range(NFIELDS)
-# public-form columns that differ from the moments form
-P_MEAN, P_STD, P_L2, P_ABSMEAN = 6, 7, 8, 10
+# public-form columns that differ from the moments form (the same columns hold sums there)
+P_MEAN, P_STD, P_L2, P_ABSMEAN = core.MEAN, core.STD, core.L2, core.ABSMEAN
 
-DEVICE_POLICIES = ("auto", "device", "copy")
 
 # dtypes torch can hand to NumPy without a copy: the cheapest way into the core (about 1 us,
 # against about 8 us through DLPack). bfloat16 and the float8 types go through DLPack.
@@ -193,7 +191,7 @@ def device_moments(x: torch.Tensor) -> torch.Tensor:
         x = x.float()
     n = x.numel()
     if n == 0:
-        return torch.tensor([0.0, 0, 0, 0, math.inf, -math.inf, 0, 0, 0, -math.inf, 0], dtype=f64, device=x.device)
+        return torch.from_numpy(empty_moments(1)[0]).to(x.device)
     finite = torch.isfinite(x)
     nfin = finite.sum()
     nan = torch.isnan(x).sum()
@@ -204,19 +202,20 @@ def device_moments(x: torch.Tensor) -> torch.Tensor:
     absmax = torch.linalg.vector_norm(x0, math.inf, dtype=f64)
     has = nfin > 0
     absmax = torch.where(has, absmax, torch.full((), -math.inf, dtype=f64, device=x.device))
-    parts = [
-        torch.full((), float(n), dtype=f64, device=x.device),
-        nan.to(f64),
-        (n - nfin - nan).to(f64),
-        (x == 0).sum().to(f64),
-        mn.to(f64),
-        mx.to(f64),
-        x0.sum(dtype=f64),
-        sumsq,
-        sumsq,
-        absmax,
-        torch.linalg.vector_norm(x0, 1, dtype=f64),
-    ]
+    full = {
+        COUNT: torch.full((), float(n), dtype=f64, device=x.device),
+        NAN: nan.to(f64),
+        INF: (n - nfin - nan).to(f64),
+        ZEROS: (x == 0).sum().to(f64),
+        MIN: mn.to(f64),
+        MAX: mx.to(f64),
+        SUM: x0.sum(dtype=f64),
+        SUMSQ: sumsq,
+        L2SQ: sumsq,
+        ABSMAX: absmax,
+        ABSSUM: torch.linalg.vector_norm(x0, 1, dtype=f64),
+    }
+    parts = [full[c] for c in range(NFIELDS)]
     return torch.stack(parts)
 
 
@@ -250,7 +249,7 @@ class Readback:
 
 def core_rows(items: list[Any]) -> np.ndarray:
     """The core's public rows for a list of host inputs (one parallel, GIL-free pass)."""
-    return _core.stats_array(items)
+    return core.stats_rows(items)
 
 
 def sample_stride(numel: int, last_dim: int, cap: int) -> int:

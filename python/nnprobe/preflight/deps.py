@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import _core
+from .. import core
 from ..errors import InputError
 from ..findings import Finding, Report
 
@@ -92,7 +92,7 @@ def _reduce(g: Any, keep: list[int]) -> tuple[np.ndarray, bool]:
     """Booleans over the kept axes: is any gradient element there non-zero (the core on the CPU;
     on an accelerator a fused reduction there, and only the booleans come to the host)."""
     if g.device.type == "cpu":
-        return _core.nonzero_along(g.detach(), keep)
+        return core.nonzero_along(g.detach(), keep)
     torch = _torch()
     rest = tuple(a for a in range(g.ndim) if a not in keep)
     nz = g != 0
@@ -123,7 +123,7 @@ class DependencyMask:
         """The (i, j) that break the expected structure (identity for a batch: output i depends on
         input j != i; causal: on a later input j > i). With `exact` false (the group method with
         ambiguous columns) the pairs in ambiguous columns are candidates."""
-        return [(int(i), int(j)) for i, j in _core.mask_leaks(self.mask, self.expect)]
+        return [(int(i), int(j)) for i, j in core.mask_leaks(self.mask, self.expect)]
 
     def __repr__(self) -> str:
         n_out, n_in = self.mask.shape
@@ -306,9 +306,9 @@ def _mask(run: _Run, *, dim: int, out_dim: int, method: str, expect: str, seed: 
         mask = hits
         used = "exact"
     else:
-        codes = _core.group_codes(n_out)
+        codes = core.group_codes(n_out)
         hits, passes, nf = _hits(run, weights, codes, dim, out_dim)
-        mask, ambiguous = _core.group_decode(np.ascontiguousarray(hits), n_out)
+        mask, ambiguous = core.group_decode(np.ascontiguousarray(hits), n_out)
         used = "group"
         if refine and ambiguous.any():
             rows = np.nonzero(mask[:, ambiguous].any(axis=1))[0]

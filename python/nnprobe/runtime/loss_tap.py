@@ -9,22 +9,22 @@ plus a check of the input format on a few rows. A torch function mode would also
 imported a loss function by name before the probe opened, but it runs Python on every torch
 operation of the step: far too slow to leave on.
 
-Judged here: `probabilities-into-loss` (cross_entropy / binary_cross_entropy_with_logits given
-probabilities), `logits-into-nll` (nll_loss given anything but log-probabilities over the class
-dimension), `loss-at-init`; and each training loss value is handed to the probe.
+What it hands on: each training loss value (to the probe), and as events for the checks a few
+figures of the loss inputs ("loss-input": `checks/loss/input_format.py` judges their format)
+and the first training loss with its class count ("loss-init": `checks/loss/at_init.py`).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._tensor import Readback  # noqa: F401  (device inputs)
+from .state import LiveState
+from .tensors import Readback
 
 # function -> how its first argument is judged (None: only the value is observed)
 TAPPED: dict[str, str | None] = {
@@ -43,10 +43,6 @@ TAPPED: dict[str, str | None] = {
 CHECK_FIRST = 100
 CHECK_EVERY = 10
 ROWS = 4  # rows (examples) of the input a format check reads
-
-# how many checked calls in a row must look wrong before a finding (CE rows that sum to 1 are
-# conclusive; values in [0, 1] handed to BCE-with-logits can happen by chance for a while)
-STREAK = {"logits": 2, "log-probs": 2, "binary-logits": 10}
 
 _observers: list[Any] = []
 _originals: dict[str, Callable[..., Any]] = {}
@@ -131,21 +127,21 @@ def _format_vector(kind: str, x: torch.Tensor) -> tuple[Any, int]:
 
 
 class LossObserver:
-    """A probe's view of the loss calls (attached while the probe is open)."""
+    """A probe's view of the loss calls (attached while the probe is open). It holds the probe's
+    live state, never the probe."""
 
-    def __init__(self, probe: Any) -> None:
-        self._p = probe
+    def __init__(self, state: LiveState) -> None:
+        self._state = state
         self._calls: dict[str, int] = {}
-        self._streak: dict[str, int] = {}
-        self._pending: list[tuple[str, str, int, int, Readback]] = []
+        self._pending: list[tuple[str, str, int, Readback]] = []
         self._init_done = False
         self.values: list[float] = []  # training loss values of the current step (host)
         self.tensors: list[torch.Tensor] = []  # the same, still on their device
 
     # called by the wrappers
     def observe(self, name: str, kind: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-        p = self._p
-        if p._busy:
+        st = self._state
+        if st.busy or st.closed:
             return
         try:
             training = torch.is_grad_enabled()
@@ -163,91 +159,33 @@ class LossObserver:
             x, reduction = _input_and_reduction(args, kwargs)
             if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
                 return
-            n = self._calls.get(name, 0)
             self._calls[name] = n + 1
             if n < CHECK_FIRST or n % CHECK_EVERY == 0:
                 vec, count = _format_vector(kind, x)
-                self._pending.append((name, kind, count, p._step, vec if isinstance(vec, np.ndarray) else Readback(vec)))
+                self._pending.append((name, kind, count, Readback(vec) if isinstance(vec, torch.Tensor) else vec))
             if training and not self._init_done and reduction == "mean" and isinstance(out, torch.Tensor) and out.numel() == 1:
                 self._init_done = True
                 cdim = 1 if x.ndim >= 2 else 0
                 classes = 2 if kind == "binary-logits" else int(x.shape[cdim])
                 if classes >= 2:
                     v = out.detach().float().reshape(1)
-                    self._pending.append((name, "init", classes, p._step, v.numpy() if v.device.type == "cpu" else Readback(v)))
+                    self._pending.append((name, "init", classes, v.numpy() if v.device.type == "cpu" else Readback(v)))
             if out.device.type == "cpu" or len(self._pending) > 64:
                 self.resolve()
         except Exception as e:  # noqa: BLE001 - diagnostics never break training
-            if type(e).__name__ == "DiagnosticError":
-                raise
-            p._fail("loss observation", e)
+            st.fail("loss observation", e)
 
     def resolve(self, wait: bool = False) -> None:
-        """Judge the format checks whose figures have reached the host."""
+        """Hand the figures that have reached the host to the checks, as events."""
         keep = []
-        for item in self._pending:
-            if wait or isinstance(item[4], np.ndarray) or item[4].ready():
-                self._judge(*item)
+        for name, kind, count, rb in self._pending:
+            if not (wait or isinstance(rb, np.ndarray) or rb.ready()):
+                keep.append((name, kind, count, rb))
+                continue
+            v = rb if isinstance(rb, np.ndarray) else rb.get()
+            values = [float(a) for a in v]
+            if kind == "init":
+                self._state.event("loss-init", function=name, classes=count, value=values[0])
             else:
-                keep.append(item)
+                self._state.event("loss-input", function=name, check=kind, count=count, values=values)
         self._pending = keep
-
-    def take_values(self) -> tuple[list[float], list[torch.Tensor]]:
-        v, t = self.values, self.tensors
-        self.values, self.tensors = [], []
-        return v, t
-
-    def _judge(self, name: str, kind: str, count: int, step: int, rb: Any) -> None:
-        v = rb if isinstance(rb, np.ndarray) else rb.get()
-        p = self._p
-        if kind == "init":
-            loss = float(v[0])
-            expected = math.log(count)
-            limit = max(2 * expected, expected + 1.0)
-            if math.isfinite(loss) and loss > limit:
-                what = f"{count} classes" if name != "binary_cross_entropy_with_logits" else "a binary target"
-                p._emit(
-                    "loss-at-init",
-                    f"the first {name} loss is {loss:.4g}; with {what} a well-scaled init gives about "
-                    f"ln {count} = {expected:.3g} (flagged above {limit:.3g})",
-                    None, step,
-                    {"loss": loss, "expected": expected, "limit": limit, "classes": count, "function": name},
-                )
-            return
-        if kind == "logits":
-            mn, mx, err = (float(a) for a in v)
-            wrong = mn >= -1e-6 and mx <= 1 + 1e-6 and err < 1e-3
-        elif kind == "log-probs":
-            mx, lse = (float(a) for a in v)
-            wrong = not (mx <= 1e-3 and lse < 0.05)
-        else:
-            mn, mx = (float(a) for a in v)
-            wrong = mn >= 0.0 and mx <= 1.0 and count >= 16
-        if not np.all(np.isfinite(v)):
-            wrong = False  # non-finite inputs are the non-finite check's business
-        streak = self._streak.get(name, 0) + 1 if wrong else 0
-        self._streak[name] = streak
-        if streak < STREAK[kind]:
-            return
-        if kind == "logits" and name == "cross_entropy":
-            p._emit(
-                "probabilities-into-loss",
-                f"cross_entropy got probabilities: the checked rows lie in [{mn:.3g}, {mx:.3g}] and sum to 1 "
-                f"(max |sum - 1| = {err:.2g}) over {streak} calls; it applies log_softmax itself",
-                None, step, {"function": name, "min": mn, "max": mx, "row_sum_error": err, "calls": streak},
-            )
-        elif kind == "binary-logits":
-            p._emit(
-                "probabilities-into-loss",
-                f"binary_cross_entropy_with_logits got values all in [{mn:.3g}, {mx:.3g}] for {streak} calls in a "
-                "row: probabilities, not logits (it applies the sigmoid itself)",
-                None, step, {"function": name, "min": mn, "max": mx, "calls": streak},
-            )
-        elif kind == "log-probs":
-            what = "positive values (raw scores or probabilities)" if mx > 1e-3 else "rows that are not normalised"
-            p._emit(
-                "logits-into-nll",
-                f"nll_loss got {what}: max {mx:.3g} (log-probabilities are <= 0) and |logsumexp| of a row up to "
-                f"{lse:.3g} (0 for log_softmax over the class dimension)",
-                None, step, {"function": name, "max": mx, "logsumexp_error": lse, "calls": streak},
-            )

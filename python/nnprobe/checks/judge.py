@@ -1,0 +1,66 @@
+"""Runs the registered checks over a run's figures, step by step, and keeps the findings: one
+per (code, module), with the step it was first raised and how many times it was."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable
+
+from ..figures import Plan, StepFigures
+from ..findings import CATALOGUE, Finding
+from .base import Check, Raised, RunContext
+from .registry import CHECKS
+
+
+class Judge:
+    def __init__(self, plan: Plan, checks: Iterable[type[Check]] = CHECKS) -> None:
+        self.run = RunContext(plan)
+        self._by_trigger: dict[str, list[Check]] = {}
+        for cls in checks:
+            check = cls(self.run)
+            for trigger in cls.wakes_on:
+                self._by_trigger.setdefault(trigger, []).append(check)
+        self.findings: list[Finding] = []
+        self._index: dict[tuple[str, str | None], int] = {}
+
+    def judge(self, figs: StepFigures) -> list[Finding]:
+        """Judge one step's figures; returns the findings raised for the first time."""
+        triggers = ["step"]
+        if figs.loss is not None:
+            triggers.append("loss")
+        s = figs.sampled
+        if s is not None and s.judged:
+            self.run.saw_forward(s.act_order)
+            triggers.append("sampled")
+        for e in figs.events:
+            if e.kind not in triggers:
+                triggers.append(e.kind)
+        woken: list[Check] = []
+        for t in triggers:
+            for check in self._by_trigger.get(t, ()):
+                if check not in woken:
+                    woken.append(check)
+        new: list[Finding] = []
+        for check in woken:
+            for r in check.judge(figs):
+                f = self._keep(r)
+                if f is not None:
+                    new.append(f)
+        return new
+
+    def _keep(self, r: Raised) -> Finding | None:
+        key = (r.code, r.module)
+        if r.code == "non-finite":
+            # only the first place NaN/Inf appears matters; what follows is its consequence
+            key = next((k for k in self._index if k[0] == r.code), key)
+        idx = self._index.get(key)
+        if idx is not None:
+            f = self.findings[idx]
+            f.data["last_step"] = r.step
+            self.findings[idx] = replace(f, count=f.count + 1)
+            return None
+        entry = CATALOGUE[r.code]
+        f = Finding(r.code, r.severity or entry.severity, r.message, r.module, r.step, entry.fix, dict(r.data))
+        self._index[key] = len(self.findings)
+        self.findings.append(f)
+        return f

@@ -1,0 +1,34 @@
+"""Every runtime check, one line each; the judge runs them in this order."""
+
+from __future__ import annotations
+
+from .base import Check
+from .gradients.flow import GradientFlow
+from .gradients.nonfinite import NonFinite
+from .gradients.zero_grad import ZeroGradMissing
+from .loss.at_init import LossAtInit
+from .loss.input_format import LossInputFormat
+from .loss.not_decreasing import LossNotDecreasing
+from .modes.eval_mode_training import EvalModeTraining
+from .modes.train_mode_eval import TrainModeEval
+from .optimizer.never_updated import ParamNeverUpdated
+from .optimizer.not_in_optimizer import ParamNotInOptimizer
+from .optimizer.update_ratio import UpdateRatio
+from .units.dead import DeadUnits
+from .units.saturated import SaturatedActivations
+
+CHECKS: tuple[type[Check], ...] = (
+    LossAtInit,
+    LossInputFormat,
+    ZeroGradMissing,
+    EvalModeTraining,
+    TrainModeEval,
+    NonFinite,
+    ParamNotInOptimizer,
+    DeadUnits,
+    SaturatedActivations,
+    GradientFlow,
+    UpdateRatio,
+    ParamNeverUpdated,
+    LossNotDecreasing,
+)

@@ -1,0 +1,221 @@
+"""The probe's hooks: owned by a `HookSet`, which keeps every handle and removes them (after
+`remove()` the modules', parameters' and optimizer's hook dicts are as they were; a parameter
+that had no hook dict gets `None` back, not an empty dict), and the factories that make them.
+
+Nothing is written onto user objects except through PyTorch's own hook registration. Every hook
+closes over the probe's `LiveState`, never the probe, and checks that it runs for the module it
+was made for: a `copy.deepcopy` of a watched model (an EMA copy, a frozen teacher) carries the
+hook functions along, and they must stay silent there.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+import torch
+
+from .record import StepRecord
+from .state import LiveState
+from .tensors import first_float_tensor, readable
+
+
+class HookSet:
+    """Handles of hooks registered together, removed together (idempotent)."""
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+        # parameters whose hook dict was None before we registered: restored to None after
+        self._restore: dict[int, tuple[torch.Tensor, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def forward(self, module: torch.nn.Module, fn: Callable[..., Any]) -> None:
+        self._handles.append(module.register_forward_hook(fn))
+
+    def forward_pre(self, module: torch.nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
+        self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
+
+    def tensor(self, t: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> None:
+        """A gradient hook on a leaf tensor (a parameter) that outlives the step."""
+        if t._backward_hooks is None:
+            self._restore.setdefault(id(t) * 2, (t, "_backward_hooks"))
+        self._handles.append(t.register_hook(fn))
+
+    def post_accumulate(self, p: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> None:
+        if getattr(p, "_post_accumulate_grad_hooks", None) is None:
+            self._restore.setdefault(id(p) * 2 + 1, (p, "_post_accumulate_grad_hooks"))
+        self._handles.append(p.register_post_accumulate_grad_hook(fn))
+
+    def optimizer(self, opt: torch.optim.Optimizer, pre: Callable[..., Any], post: Callable[..., Any]) -> None:
+        self._handles.append(opt.register_step_pre_hook(pre))
+        self._handles.append(opt.register_step_post_hook(post))
+
+    def remove(self) -> None:
+        handles, self._handles = self._handles, []
+        for h in reversed(handles):
+            h.remove()
+        restore, self._restore = self._restore, {}
+        for t, attr in restore.values():
+            if not getattr(t, attr, None):  # still empty: nobody else registered since
+                setattr(t, attr, None)
+
+
+def snapshot(model: torch.nn.Module, params: list[torch.Tensor], optimizers: list[Any]) -> dict[str, Any]:
+    """Every hook dict and training flag of a model, its parameters and optimizers, as plain
+    data (what tests compare before watch() and after close())."""
+    out: dict[str, Any] = {}
+    for name, m in model.named_modules():
+        for attr in (
+            "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
+            "_state_dict_hooks", "_load_state_dict_pre_hooks",
+        ):
+            d = getattr(m, attr, None)
+            out[f"{name}.{attr}"] = None if d is None else list(d.keys())
+        out[f"{name}.training"] = m.training
+    for i, p in enumerate(params):
+        for attr in ("_backward_hooks", "_post_accumulate_grad_hooks"):
+            d = getattr(p, attr, None)
+            out[f"param{i}.{attr}"] = None if d is None else list(d.keys())
+        out[f"param{i}.requires_grad"] = p.requires_grad
+    for i, o in enumerate(optimizers):
+        for attr in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks"):
+            out[f"opt{i}.{attr}"] = list(getattr(o, attr, {}).keys())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# every step
+
+
+def root_pre_hook(state: LiveState, root: torch.nn.Module, sensitive: list[tuple[str, torch.nn.Module]]) -> Callable[..., None]:
+    """On the watched model, every forward. A training forward keeps a reference to its inputs
+    (for locating a non-finite loss later) and counts itself; a forward without grad is an
+    evaluation, whose Dropout/BatchNorm should be in eval mode."""
+    is_grad_enabled = torch.is_grad_enabled
+
+    def hook(module: Any, args: Any, kwargs: Any) -> None:
+        if module is not root or state.closed or state.busy:
+            return None
+        if is_grad_enabled():
+            if state.fwd_grad == 0:
+                state.inputs = [(args, kwargs)]
+            elif len(state.inputs) < 8:
+                state.inputs.append((args, kwargs))
+            state.fwd_grad += 1
+        elif sensitive and state.checks_on:
+            try:
+                training = [(n, m) for n, m in sensitive if m.training]
+                # torch.optim.swa_utils.update_bn recalibrates BatchNorm this way on purpose
+                if training and not all(getattr(m, "momentum", 0.1) is None for _, m in training):
+                    state.event("eval-forward", modules=[n for n, _ in training])
+            except Exception as e:  # noqa: BLE001 - diagnostics never break training
+                state.fail("forward checks", e)
+        return None
+
+    return hook
+
+
+class ZeroGradSentinel:
+    """A gradient hook on one parameter that notices the first backward after an optimizer step
+    adding into the gradient that step used (same tensor, same version): no zero_grad() between.
+    One parameter is enough (zero_grad() clears them all) and each costs a Python call per
+    backward: the last one, usually the output layer, always in the graph."""
+
+    def __init__(self, state: LiveState, param: torch.Tensor, name: str, hooks: HookSet) -> None:
+        self.state = state
+        self.param = weakref.ref(param)
+        self.name = name
+        self._armed: tuple[Any, int, int] | None = None
+        hooks.tensor(param, self._hook)
+
+    def arm(self, step: int) -> None:
+        p = self.param()
+        g = None if p is None else p.grad
+        self._armed = (None, 0, step) if g is None else (weakref.ref(g), g._version, step)
+
+    def _hook(self, grad: torch.Tensor) -> None:
+        armed, st = self._armed, self.state
+        if armed is None or st.busy or st.closed:
+            return None
+        self._armed = None  # only the first backward after a step is judged
+        try:
+            p = self.param()
+            ref, version, step = armed
+            cur = None if p is None else p.grad
+            if cur is not None and ref is not None and ref() is cur and cur._version == version:
+                st.event("zero-grad", param=self.name, after_step=step)
+        except Exception as e:  # noqa: BLE001
+            st.fail("zero_grad check", e)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# sampled steps
+
+
+def forward_hook(state: LiveState, owner: torch.nn.Module, act_row: int, grad_row: int, unit: str | None) -> Callable[..., None]:
+    """Reduces a module's output at once (an in-place op may rewrite it later) and puts a hook on
+    its gradient."""
+    in_backward = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
+    def hook(module: Any, args: Any, out: Any) -> None:
+        rec = state.record
+        if module is not owner or rec is None or state.busy or not torch.is_grad_enabled() or in_backward() != -1:
+            return None  # a copy, an evaluation, or activation-checkpoint recomputation during backward
+        t0 = state.clock()
+        try:
+            t = first_float_tensor(out)
+            if t is not None:
+                if act_row >= 0 and "activations" not in state.off:
+                    pub = rec.add(act_row, t)
+                    rec.seen_act(act_row)
+                    if unit is not None:
+                        rec.unit_stats(act_row, unit, t, pub)
+                if grad_row >= 0 and t.requires_grad and t.grad_fn is not None and "gradients" not in state.off:
+                    t.register_hook(grad_hook(state, rec, grad_row))
+        except Exception as e:  # noqa: BLE001
+            state.fail("activations", e)
+        rec.own_time += state.clock() - t0
+        return None
+
+    return hook
+
+
+def grad_hook(state: LiveState, rec: StepRecord, row: int) -> Callable[[torch.Tensor], None]:
+    def hook(g: torch.Tensor) -> None:
+        if rec.closed or state.busy:
+            return None
+        t0 = state.clock()
+        try:
+            if readable(g):
+                rec.add(row, g)
+                rec.seen_grad(row)
+        except Exception as e:  # noqa: BLE001
+            state.fail("gradients", e)
+        rec.own_time += state.clock() - t0
+        return None
+
+    return hook
+
+
+def post_accumulate_hook(state: LiveState, row: int) -> Callable[[torch.Tensor], None]:
+    """Without an optimizer: a parameter's gradient at its last accumulation (loops often clear
+    gradients before probe.step())."""
+
+    def hook(p: torch.Tensor) -> None:
+        rec = state.record
+        if rec is None or state.busy or p.grad is None or "gradients" in state.off:
+            return None
+        t0 = state.clock()
+        try:
+            if readable(p.grad):
+                rec.set_latest(row, p.grad)
+        except Exception as e:  # noqa: BLE001
+            state.fail("gradients", e)
+        rec.own_time += state.clock() - t0
+        return None
+
+    return hook

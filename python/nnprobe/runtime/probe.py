@@ -1,0 +1,649 @@
+"""`Probe`: a watched training run, from `watch()` to `close()`.
+
+The life of a step (one `optimizer.step()`, or one `probe.step()` without optimizer):
+
+- before its forward, when the step is sampled, forward hooks go on the watched modules (they
+  are off the other steps: a module with any hook leaves PyTorch's fast call path);
+- forward: a pre-hook on the model (every step) keeps a reference to the inputs and sees
+  evaluations; on sampled steps each module's output is reduced at once and a gradient hook is
+  put on it; the loss tap sees loss-function calls;
+- backward: a sentinel hook notices a gradient that was not zeroed since the last step; on
+  sampled steps the output-gradient hooks reduce the gradients;
+- optimizer step pre-hook: the step's loss is taken (a non-finite one is located before the
+  update lands), the learning rates and modes read; on sampled steps every weight is reduced;
+- post-hook: the gradients and the update are reduced and the step's *figures* are complete but
+  for a loss handed to `probe.step()` just after; they are judged by the checks (pure functions,
+  `nnprobe.checks`) at the next step's start or at close, then go to history and sinks.
+
+Nothing here raises into the training loop except `DiagnosticError` under `strict=True`: any
+internal failure is logged once and that part of the probe switches off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..errors import DiagnosticError, InputError
+from ..figures import DEAD, KINDS, NF, RATIO, SATURATED, Plan, Sampled, StepFigures
+from ..findings import Finding
+from ..options import DeviceStats, Every
+
+if TYPE_CHECKING:
+    import torch
+
+    from .history import History
+    from .record import Collected, StepRecord
+
+LOCATE_MAX = 3  # re-runs to locate a non-finite loss (later ones only count)
+
+
+class Probe:
+    """A running watch. A context manager; `close()` removes every hook it added. See `watch()`."""
+
+    def __init__(self, model: Any, optimizer: Any = None, *, every: int | str = "auto", overhead: float = 0.03,
+                 activations: bool = True, gradients: bool = True, weights: bool = True, updates: bool = True,
+                 checks: bool = True, log_dir: str | None = None, tensorboard: bool = False, console: bool = True,
+                 strict: bool = False, device_stats: str = "auto", clock: Callable[[], float] | None = None) -> None:
+        import torch
+
+        from ..checks.judge import Judge
+        from ..sinks import make_sinks
+        from . import distributed, hooks, loss_tap, plan
+        from .history import History
+        from .schedule import Schedule
+        from .state import LiveState
+
+        if not isinstance(model, torch.nn.Module):
+            raise InputError(f"watch() expects a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is None:
+            opts: list[torch.optim.Optimizer] = []
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            opts = [optimizer]
+        elif isinstance(optimizer, (list, tuple)) and optimizer and all(isinstance(o, torch.optim.Optimizer) for o in optimizer):
+            opts = list(optimizer)
+        else:
+            raise InputError(f"optimizer must be a torch.optim.Optimizer (or a list of them), got {type(optimizer).__name__}")
+        every = Every.parse(every)
+        if not (isinstance(overhead, (int, float)) and 0 < overhead <= 1):
+            raise ValueError(f"overhead is a fraction of the step time in (0, 1], got {overhead!r}")
+        policy = DeviceStats.parse(device_stats)
+
+        self._opts = opts
+        self._strict = strict
+        self._policy = str(policy)
+        self._dist = distributed.active()
+        self._distributed = distributed
+        self._state = st = LiveState(clock)
+        st.checks_on = checks
+        self._w = w = plan.make(model, opts, {"activations": activations, "gradients": gradients, "weights": weights,
+                                               "updates": updates})
+        self.plan: Plan = w.plan
+        self._learning_rates = plan.learning_rates
+        self._history: History = History(w.plan.rows)
+        self._judge = Judge(w.plan) if checks else None
+        self._schedule = Schedule(every, float(overhead), self._dist)
+        self._loss_tap = loss_tap
+        self._loss_obs = loss_tap.LossObserver(st)
+        self._figs = StepFigures(0)
+        self._open: deque[StepFigures] = deque()  # ended, not judged yet
+        self._pending: deque[tuple[StepFigures, Collected]] = deque()  # sampled, figures on their way
+        self._snap: list[tuple[Any, int, int, Any]] = []
+        self._explicit: dict[int, float] = {}
+        self._loss_tensors: list[Any] = []
+        self._loss_readback: tuple[int, Any] | None = None
+        self._located = 0
+        self._nonfinite_step = -1
+        self._outside_seen: set[str] = set()
+        self._log_losses: list[tuple[int, float]] = []
+        self._log_figures: list[dict[str, Any]] = []
+        self._logged_lrs: tuple[float, ...] | None = None
+        self._closed = False
+
+        self._sinks = make_sinks(console=console, log_dir=log_dir, tensorboard=tensorboard) if distributed.rank() == 0 else []
+        meta = {"model": type(w.model).__name__, "every": every, "overhead": overhead,
+                "world_size": distributed.world_size(), "device_stats": self._policy}
+        self._to_sinks("start", meta, w.plan)
+
+        self._hooks = hooks.HookSet()
+        self._sampled_hooks = hooks.HookSet()
+        self._hookset = hooks.HookSet
+        self._fwd_hooks = [hooks.forward_hook(st, m.module, m.act_row, m.grad_row, m.unit) for m in w.modules]
+        self._sentinel: hooks.ZeroGradSentinel | None = None
+        ref = weakref.ref(self)
+        self._atexit = lambda: (lambda p: p is not None and p.close())(ref())
+        try:
+            self._hooks.forward_pre(model, hooks.root_pre_hook(st, model, w.sensitive), with_kwargs=True)
+            if opts:
+                self._hooks.optimizer(opts[0], _weak(ref, "_on_step_pre"), _weak(ref, "_on_step_post"))
+            loss_tap.attach(self._loss_obs)
+            atexit.register(self._atexit)
+            # a probe dropped without close(): its hooks and loss tap go with it
+            self._finalizer = weakref.finalize(self, _release, st, [self._hooks, self._sampled_hooks], loss_tap,
+                                               self._loss_obs)
+            self._begin_step()
+        except BaseException:
+            self.close()  # a half-made probe leaves nothing behind
+            raise
+
+    # ================================================================== the step
+    def _begin_step(self) -> None:
+        """Before the forward of the step: arm the sampled-step hooks if it is sampled."""
+        st, sch = self._state, self._schedule
+        s = st.step
+        self._figs = StepFigures(s)
+        judged = sch.judged(s)
+        sampled = judged or sch.extra(s, bool(self._pending))
+        sch.force_next = False
+        if not sampled or self._closed:
+            return
+        from .record import StepRecord
+
+        st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=sch.take_hist(), judged=judged)
+        for m, fn in zip(self._w.modules, self._fwd_hooks):
+            if m.act_row >= 0 or m.grad_row >= 0:
+                self._sampled_hooks.forward(m.module, fn)
+        if not self._opts:
+            # no optimizer: the step is probe.step(); weights and update samples are taken now,
+            # gradients at their last accumulation (loops often clear them before probe.step)
+            from .hooks import post_accumulate_hook
+
+            for p, row in self._w.grad_rows:
+                self._sampled_hooks.post_accumulate(p, post_accumulate_hook(st, row))
+            self._take_params(st.record)
+
+    def _on_step_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
+        st = self._state
+        if st.busy or self._closed:
+            return None
+        t0 = st.clock()
+        try:
+            self._seal(st.step)
+            self._pre_step()
+        except Exception as e:  # noqa: BLE001
+            st.fail("step checks", e)
+        st.charge(st.clock() - t0)
+        return None
+
+    def _pre_step(self) -> None:
+        st, figs = self._state, self._figs
+        s = st.step
+        late = self._take_loss(s, before_update=True)
+        self._resolve_device_losses(s)
+        w = self._w
+        if w.train_sensitive and not any(m.training for _, m in w.train_sensitive):
+            st.event("all-eval")
+        st.fwd_grad = 0
+        if st.checks_on:
+            for p, pname, owner in w.outside:
+                if p.grad is not None:
+                    # the norm only the first time: on a device it is a synchronisation
+                    norm = None if pname in self._outside_seen else float(p.grad.detach().norm())
+                    self._outside_seen.add(pname)
+                    st.event("outside-grad", param=pname, module=owner, norm=norm)
+        figs.lrs = self._learning_rates(self._opts)
+        rec = st.record
+        if rec is None and late and not self._dist:
+            # a non-finite or jumping loss on a step that was not sampled: its gradients and weights
+            # are still here, before the update
+            from .record import StepRecord
+
+            rec = st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=False, judged=True)
+        if rec is not None:
+            self._take_params(rec)
+
+    def _on_step_post(self, opt: Any, args: Any, kwargs: Any) -> None:
+        st = self._state
+        if st.busy or self._closed:
+            return None
+        t0 = st.clock()
+        rec, s = st.record, st.step
+        try:
+            # losses computed inside step() (a closure: LBFGS, Lightning): this step's, after the update
+            if self._loss_obs.values or self._loss_obs.tensors:
+                self._take_loss(s, before_update=False)
+            if rec is not None:
+                self._take_grads(rec)
+                self._take_updates(rec)
+            self._end_step(s)
+        except Exception as e:  # noqa: BLE001
+            st.fail("step bookkeeping", e)
+            st.step = s + 1
+        st.charge(st.clock() - t0, rec)
+        self._schedule.clock(st.clock(), s, st.own_cheap, rec)
+        st.own_cheap = 0.0
+        return None
+
+    def _end_step(self, s: int) -> None:
+        """Shared by the optimizer post-hook and probe.step() without optimizer."""
+        st, figs = self._state, self._figs
+        if st.checks_on and "zero_grad check" not in st.off:
+            self._arm_sentinel(s)
+        rec = st.record
+        if rec is not None:
+            st.record = None
+            self._sampled_hooks.remove()
+            self._pending.append((figs, rec.collect(self._w.n_aux)))
+            rec.closed = True
+        figs.events, st.events = st.events, []
+        self._open.append(figs)
+        self._finish_pending(s)
+        st.step = s + 1
+        self._begin_step()
+
+    def _arm_sentinel(self, s: int) -> None:
+        if self._sentinel is None:
+            cands = [(p, n) for p, n, _ in self._w.params if p.requires_grad and p.grad is not None
+                     and (not self._opts or id(p) in self._w.in_optimizer)]
+            if not cands:
+                return
+            from .hooks import ZeroGradSentinel
+
+            self._sentinel = ZeroGradSentinel(self._state, cands[-1][0], cands[-1][1], self._hooks)
+        self._sentinel.arm(s)
+
+    # ------------------------------------------------------------------ taking the figures
+    def _take_grads(self, rec: StepRecord) -> None:
+        """Every parameter gradient, in one core call. Taken after the optimizer step: the gradients
+        are still those the step used, and a closure (LBFGS) computes them inside step()."""
+        if "gradients" in self._state.off:
+            return
+        import torch
+
+        pairs = [(row, p.grad) for p, row in self._w.grad_rows if p.grad is not None and p.grad.layout == torch.strided]
+        if pairs:
+            try:
+                rec.add_many([r for r, _ in pairs], [g for _, g in pairs])
+            except Exception as e:  # noqa: BLE001
+                self._state.fail("gradients", e)
+
+    def _take_params(self, rec: StepRecord) -> None:
+        """Before the update: every weight, and the samples the update is measured against."""
+        from .tensors import local
+
+        st = self._state
+        if "weights" not in st.off and self._w.weight_rows:
+            try:
+                rec.add_many([r for _, r in self._w.weight_rows], [p for p, _ in self._w.weight_rows], hist=False)
+            except Exception as e:  # noqa: BLE001
+                st.fail("weights", e)
+        self._snap = []
+        if "updates" not in st.off:
+            try:
+                for p, row, k in self._w.update_rows:
+                    flat = local(p).detach().reshape(-1)
+                    self._snap.append((p, row, k, (flat[::k] if k > 1 else flat).clone()))
+            except Exception as e:  # noqa: BLE001
+                self._snap = []
+                st.fail("updates", e)
+
+    def _take_updates(self, rec: StepRecord) -> None:
+        from .tensors import local
+
+        if not self._snap:
+            return
+        rows: list[int] = []
+        ts: list[Any] = []
+        try:
+            for p, row, k, before in self._snap:
+                flat = local(p).detach().reshape(-1)
+                after = flat[::k] if k > 1 else flat
+                aux = self._w.aux_of[row]
+                rows += [row, aux]
+                ts += [after - before, before]
+                rec.aux[row] = aux
+            rec.add_many(rows, ts, hist=False)
+        except Exception as e:  # noqa: BLE001
+            self._state.fail("updates", e)
+        self._snap = []
+
+    # ------------------------------------------------------------------ the loss
+    def _take_loss(self, s: int, *, before_update: bool) -> bool:
+        """The step's loss: given by probe.step(loss) before the optimizer step, else the mean of
+        the training loss calls seen. True when it forces a sample (non-finite, or a jump)."""
+        obs = self._loss_obs
+        obs.resolve()
+        vals, obs.values = obs.values, []
+        if obs.tensors:
+            self._loss_tensors.extend(obs.tensors)
+            obs.tensors = []
+        if s in self._explicit:
+            loss: float | None = self._explicit.pop(s)
+        else:
+            loss = sum(vals) / len(vals) if vals else None
+        if loss is None:
+            return False
+        self._figs.loss = loss
+        return self._judge_loss_now(s, loss, before_update=before_update)
+
+    def _judge_loss_now(self, s: int, loss: float, *, before_update: bool) -> bool:
+        """A non-finite loss is located at once (before the update lands, when it can be); both it
+        and a jump force the next step to be sampled."""
+        late = False
+        if not math.isfinite(loss):
+            self._on_nonfinite_loss(s, loss, before_update=before_update)
+            late = True
+        elif self._schedule.jumped(loss, s):
+            late = True
+        if late and not self._dist:
+            self._schedule.force_next = True
+        return late
+
+    def _on_nonfinite_loss(self, step: int, value: float, *, before_update: bool) -> None:
+        st = self._state
+        if not st.checks_on or self._nonfinite_step == step:
+            return
+        self._nonfinite_step = step
+        if self._located >= LOCATE_MAX:
+            st.event("nonfinite-loss", loss=str(value), before_update=before_update, module=None, message="", data={})
+            return
+        self._located += 1
+        from .locate import locate
+
+        where, msg, data = locate(self._w.model, list(st.inputs), st, self.plan)
+        st.event("nonfinite-loss", loss=str(value), before_update=before_update, module=where, message=msg, data=data)
+
+    def _set_loss(self, step: int, value: float) -> None:
+        """A loss that arrived after its step ended (probe.step after optimizer.step, a device
+        copy): into that step's figures while they are not judged yet."""
+        for figs in reversed(self._open):
+            if figs.step == step:
+                figs.loss = value
+                return
+        self._history.set_loss(step, value)  # already judged: history and log only
+        self._log_losses.append((step, value))
+
+    def _resolve_device_losses(self, s: int) -> None:
+        """CUDA losses: start their copy now, take them at the next step (no wait in the step)."""
+        if self._loss_readback is not None:
+            step, rb = self._loss_readback
+            vals = rb.get()
+            self._loss_readback = None
+            if len(vals):
+                v = float(np.mean(vals))
+                self._set_loss(step, v)
+                self._judge_loss_now(step, v, before_update=False)
+        if self._loss_tensors:
+            import torch
+
+            from .tensors import Readback
+
+            t = torch.stack([x.float() for x in self._loss_tensors])
+            self._loss_tensors = []
+            self._loss_readback = (s, Readback(t))
+
+    # ------------------------------------------------------------------ figures -> checks, history, sinks
+    def _finish_pending(self, s: int, wait: bool = False) -> None:
+        """Merge sampled steps whose figures are on the host: CPU ones at once, device ones one
+        step later (the same rule on every rank, so the collectives match)."""
+        while self._pending:
+            figs, col = self._pending[0]
+            if not wait and col.on_device and col.rec.step >= s:
+                break
+            self._pending.popleft()
+            try:
+                with np.errstate(all="ignore"):  # overflowing figures are data here, not errors
+                    self._merge(figs, col)
+            except Exception as e:  # noqa: BLE001
+                self._state.fail("statistics", e)
+
+    def _merge(self, figs: StepFigures, col: Collected) -> None:
+        from . import tensors as T
+
+        rec = col.rec
+        moments, sat, dead = col.get()
+        R = len(self.plan.rows)
+        sat_arr = np.zeros(R)
+        dead_arr = np.full(R, np.nan)
+        for row, v in sat.items():
+            sat_arr[row] = v
+        for row, v in dead.items():
+            dead_arr[row] = v
+        proposal = float(self._schedule.proposal(rec.step))
+        if self._dist:
+            moments, sat_arr, dead_arr, proposal = self._distributed.merge(moments, self._w.replicated, sat_arr, dead_arr, proposal)
+        self._schedule.agree(proposal)
+        pub = T.moments_to_public(moments)
+        present = moments[:R, T.COUNT] > 0
+        mat = np.full((R, NF), np.nan)
+        mat[present, : T.NFIELDS] = pub[:R][present]
+        fin = moments[:R, T.COUNT] - moments[:R, T.NAN] - moments[:R, T.INF]
+        for m in self._w.modules:
+            row = m.act_row
+            if m.unit is None or row < 0 or not present[row]:
+                continue
+            if m.unit == "relu":
+                mat[row, DEAD] = dead_arr[row]
+            elif fin[row] > 0:
+                mat[row, SATURATED] = sat_arr[row] / fin[row]
+        if rec.aux:
+            urows = np.fromiter(rec.aux.keys(), dtype=np.int64)
+            arows = np.fromiter(rec.aux.values(), dtype=np.int64)
+            rms_all = T.rms(pub)
+            w, u = rms_all[arows], rms_all[urows]
+            # weights still about zero (a bias at init) have no meaningful ratio
+            ok = present[urows] & np.isfinite(w) & (w > 1e-6) & np.isfinite(u)
+            mat[urows[ok], RATIO] = u[ok] / w[ok]
+        hists = {row: c for row, c in rec.hists.items() if row < R}
+        if self._dist and rec.hist:
+            hists = self._distributed.merge_hist(hists, R, self._w.replicated[:R])
+        figs.sampled = Sampled(mat.astype(np.float32), list(rec.act_order), list(rec.grad_order), set(rec.dead_below),
+                               judged=rec.judged, hists=hists)
+
+    def _seal(self, upto: int, wait: bool = False) -> None:
+        """Judge the ended steps before `upto` whose figures are all on the host, in step order."""
+        while self._open:
+            figs = self._open[0]
+            if figs.step >= upto or (not wait and any(f is figs for f, _ in self._pending)):
+                break
+            self._open.popleft()
+            self._history.append_step(figs)
+            if figs.loss is not None:
+                self._log_losses.append((figs.step, figs.loss))
+            entry = figs.to_json(self._logged_lrs)
+            if entry is not None:
+                self._log_figures.append(entry)
+                if figs.lrs is not None:
+                    self._logged_lrs = figs.lrs
+            if self._judge is not None:
+                for f in self._judge.judge(figs):
+                    self._to_sinks("finding", f)
+                    if self._strict and f.severity == "error":
+                        raise DiagnosticError(f)
+            s = figs.sampled
+            if s is not None:
+                self._to_sinks("record", figs.step, s.mat, ~np.isnan(s.mat[:, 0]), self._log_losses,
+                               s.hists, self._log_figures)
+                self._log_losses, self._log_figures = [], []
+            elif self._log_losses and self._log_losses[0][0] <= figs.step - 100:
+                self._to_sinks("losses", self._log_losses, self._log_figures)
+                self._log_losses, self._log_figures = [], []
+
+    def _to_sinks(self, method: str, *args: Any) -> None:
+        for sk in self._sinks:
+            try:
+                getattr(sk, method)(*args)
+            except Exception as e:  # noqa: BLE001
+                self._state.fail(f"sink {type(sk).__name__}", e)
+
+    # ================================================================== public API
+    def step(self, loss: Any = None) -> None:
+        """Mark the end of a training step (without optimizer), and/or give its loss (a tensor or a
+        number). With an optimizer, steps are counted by optimizer.step(): a loss given after it
+        belongs to the step just taken, one given before it to the step in progress."""
+        st = self._state
+        if self._closed:
+            return
+        try:
+            value = None
+            if loss is not None:
+                value = float(loss.detach().float().mean()) if hasattr(loss, "detach") else float(loss)
+            if self._opts:
+                if value is None:
+                    return
+                if st.fwd_grad > 0 or st.step == 0:
+                    self._explicit[st.step] = value  # read by the optimizer pre-hook
+                else:
+                    self._set_loss(st.step - 1, value)
+                    self._judge_loss_now(st.step - 1, value, before_update=False)
+                return
+            t0 = st.clock()
+            s = st.step
+            if value is not None:
+                self._explicit[s] = value
+            self._take_loss(s, before_update=False)
+            self._resolve_device_losses(s)
+            self._figs.lrs = None
+            w = self._w
+            if st.fwd_grad > 0 and w.train_sensitive and not any(m.training for _, m in w.train_sensitive):
+                st.event("all-eval")
+            st.fwd_grad = 0
+            rec = st.record
+            if rec is not None:
+                self._take_updates(rec)
+            self._end_step(s)
+            self._seal(st.step)
+            st.charge(st.clock() - t0, rec)
+            self._schedule.clock(st.clock(), s, st.own_cheap, rec)
+            st.own_cheap = 0.0
+        except DiagnosticError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            st.fail("step", e)
+
+    def close(self) -> None:
+        """Remove every hook, judge what is left, close the sinks (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        st = self._state
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:  # noqa: BLE001
+            pass
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()  # removes the hooks and the loss tap now
+        else:
+            _release(st, [getattr(self, "_hooks", None), getattr(self, "_sampled_hooks", None)], self._loss_tap,
+                     getattr(self, "_loss_obs", None))
+        st.record = None
+        st.inputs = []  # let the last batch go
+        self._snap = []
+        try:
+            self._loss_obs.resolve(wait=True)
+            if st.events:
+                # events after the last step (an evaluation after training): a step of their own
+                self._figs.events, st.events = st.events, []
+                self._open.append(self._figs)
+            self._resolve_device_losses(st.step)
+            self._resolve_device_losses(st.step)
+            self._finish_pending(st.step, wait=True)
+            self._seal(st.step + 1, wait=True)
+        except DiagnosticError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            st.fail("close", e)
+        finally:
+            if self._log_losses or self._log_figures:
+                self._to_sinks("losses", self._log_losses, self._log_figures)
+                self._log_losses, self._log_figures = [], []
+            self._to_sinks("close", st.step, self.findings)
+
+    def __enter__(self) -> "Probe":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def findings(self) -> list[Finding]:
+        return list(self._judge.findings) if self._judge is not None else []
+
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+    @property
+    def steps(self) -> int:
+        """Steps seen so far."""
+        return self._state.step
+
+    @property
+    def sampled_steps(self) -> np.ndarray:
+        """The steps whose figures `history()` holds."""
+        return self._history.steps
+
+    @property
+    def store(self) -> History:
+        """Everything remembered of the run (figures of the sampled steps, losses, histograms)."""
+        return self._history
+
+    def losses(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, loss values) of every step whose loss was seen."""
+        return self._history.losses()
+
+    def names(self, kind: str) -> list[str]:
+        """The watched names of a kind (modules for activations, modules and parameters for
+        gradients, parameters for weights and updates)."""
+        return [r.name for r in self.plan.rows.rows if r.kind == kind]
+
+    def history(self, name: str, kind: str, stat: str) -> np.ndarray:
+        """One figure of one row over the sampled steps (aligned with `sampled_steps`); NaN where
+        the row was not seen. `name` is a module's qualified name ("(root)" for the model) or a
+        parameter's; for a module, weights/updates (and gradients, when the module's output
+        gradient is not watched) aggregate its own parameters. `stat` is one of the fields
+        (count, nan, inf, zeros, min, max, mean, std, l2, absmax, absmean, dead, saturated,
+        ratio) or "rms" / "nonfinite"."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        rows = self.plan.rows
+        row = rows.find(name, kind)
+        if row is not None:
+            return self._history.column(row, stat)
+        members = [i for i, r in enumerate(rows.rows) if r.param and r.kind == kind and r.module == name]
+        if not members:
+            known = sorted({r.name for r in rows.rows if r.kind == kind})
+            raise KeyError(f"no {kind} row named {name!r}; watched: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}")
+        return self._history.aggregate(members, stat)
+
+    def summary(self) -> str:
+        """A per-layer table of the latest sampled figures, and the findings."""
+        from ..summary import summary_table
+
+        return summary_table(self.plan, self._history, self.findings, self._state.step)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<nnprobe.Probe {state}: {self._state.step} steps, {len(self.findings)} findings>"
+
+    def report(self, path: str) -> str:
+        """The HTML report of the run so far (the same page as `nnprobe report LOG_DIR`)."""
+        from ..report import from_probe, render
+
+        return str(render(from_probe(self), path))
+
+
+def _weak(ref: weakref.ReferenceType[Probe], method: str) -> Callable[..., None]:
+    """An optimizer hook that holds the probe weakly."""
+
+    def hook(*args: Any) -> None:
+        p = ref()
+        if p is not None:
+            getattr(p, method)(*args)
+
+    return hook
+
+
+def _release(state: Any, hooksets: list[Any], loss_tap: Any, observer: Any) -> None:
+    """Remove a probe's hooks and loss tap; holds no reference to the probe (its finalizer)."""
+    state.closed = True
+    for hs in hooksets:
+        if hs is not None:
+            hs.remove()
+    if observer is not None:
+        loss_tap.detach(observer)
