@@ -1,4 +1,4 @@
-"""The `nnprobe` command (also `python -m nnprobe`): demo, report, explain, bench."""
+"""The `nnprobe` command (also `python -m nnprobe`): demo, report, check, explain, bench."""
 
 from __future__ import annotations
 
@@ -67,6 +67,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .replay import judge_log
+
+    try:
+        findings = judge_log(args.log_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"nnprobe check: {e}", file=sys.stderr)
+        return 2
+    for f in findings:
+        print(f)
+    serious = [f for f in findings if f.severity in ("error", "warning")]
+    print(f"{len(findings)} findings, {len(serious)} above info")
+    return 1 if serious else 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .findings import CATALOGUE, explain
 
@@ -105,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="write the HTML report of a watched run's log directory")
     r.add_argument("log_dir")
     r.add_argument("-o", "--output", default="report.html")
+    c = sub.add_parser("check", help="judge a finished run again from its log, with today's checks")
+    c.add_argument("log_dir")
     e = sub.add_parser("explain", help="what a finding code means, why it hurts, how to fix it")
     e.add_argument("code", nargs="?", default=None)
     b = sub.add_parser("bench", help="run the benchmarks in benches/ (from a clone)")
@@ -116,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, bug in demo.BUGS.items():
             print(f"{name:14s} {bug.what}  ->  {', '.join(bug.expects)}")
         return 0
-    return {"demo": _demo, "report": _report, "explain": _explain, "bench": _bench}[args.cmd](args)
+    return {"demo": _demo, "report": _report, "check": _check, "explain": _explain, "bench": _bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

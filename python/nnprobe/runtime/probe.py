@@ -540,6 +540,7 @@ class Probe:
             if st.events:
                 # events after the last step (an evaluation after training): a step of their own
                 self._figs.events, st.events = st.events, []
+                self._figs.lrs = self._learning_rates(self._opts) if self._opts else None
                 self._open.append(self._figs)
             self._resolve_device_losses(st.step)
             self._resolve_device_losses(st.step)
