@@ -56,6 +56,7 @@ class Probe:
         from ..sinks import make_sinks
         from . import distributed, hooks, loss_tap, plan
         from .history import History
+        from .params import ParamFigures
         from .schedule import Schedule
         from .state import LiveState
 
@@ -84,6 +85,7 @@ class Probe:
         self._w = w = plan.make(model, opts, {"activations": activations, "gradients": gradients, "weights": weights,
                                                "updates": updates})
         self.plan: Plan = w.plan
+        self._params = ParamFigures(w, st)
         self._learning_rates = plan.learning_rates
         self._history: History = History(w.plan.rows)
         self._judge = Judge(w.plan) if checks else None
@@ -93,7 +95,6 @@ class Probe:
         self._figs = StepFigures(0)
         self._open: deque[StepFigures] = deque()  # ended, not judged yet
         self._pending: deque[tuple[StepFigures, Collected]] = deque()  # sampled, figures on their way
-        self._snap: list[tuple[Any, int, int, Any]] = []
         self._explicit: dict[int, float] = {}
         self._loss_tensors: list[Any] = []
         self._loss_readback: tuple[int, Any] | None = None
@@ -155,7 +156,7 @@ class Probe:
 
             for p, row in self._w.grad_rows:
                 self._sampled_hooks.post_accumulate(p, post_accumulate_hook(st, row))
-            self._take_params(st.record)
+            self._params.weights(st.record)
 
     def _on_step_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
         st = self._state
@@ -195,7 +196,7 @@ class Probe:
 
             rec = st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=False, judged=True)
         if rec is not None:
-            self._take_params(rec)
+            self._params.weights(rec)
 
     def _on_step_post(self, opt: Any, args: Any, kwargs: Any) -> None:
         st = self._state
@@ -208,8 +209,8 @@ class Probe:
             if self._loss_obs.values or self._loss_obs.tensors:
                 self._take_loss(s, before_update=False)
             if rec is not None:
-                self._take_grads(rec)
-                self._take_updates(rec)
+                self._params.grads(rec)
+                self._params.updates(rec)
             self._end_step(s)
         except Exception as e:  # noqa: BLE001
             st.fail("step bookkeeping", e)
@@ -246,61 +247,6 @@ class Probe:
 
             self._sentinel = ZeroGradSentinel(self._state, cands[-1][0], cands[-1][1], self._hooks)
         self._sentinel.arm(s)
-
-    # ------------------------------------------------------------------ taking the figures
-    def _take_grads(self, rec: StepRecord) -> None:
-        """Every parameter gradient, in one core call. Taken after the optimizer step: the gradients
-        are still those the step used, and a closure (LBFGS) computes them inside step()."""
-        if "gradients" in self._state.off:
-            return
-        import torch
-
-        pairs = [(row, p.grad) for p, row in self._w.grad_rows if p.grad is not None and p.grad.layout == torch.strided]
-        if pairs:
-            try:
-                rec.add_many([r for r, _ in pairs], [g for _, g in pairs])
-            except Exception as e:  # noqa: BLE001
-                self._state.fail("gradients", e)
-
-    def _take_params(self, rec: StepRecord) -> None:
-        """Before the update: every weight, and the samples the update is measured against."""
-        from .tensors import local
-
-        st = self._state
-        if "weights" not in st.off and self._w.weight_rows:
-            try:
-                rec.add_many([r for _, r in self._w.weight_rows], [p for p, _ in self._w.weight_rows], hist=False)
-            except Exception as e:  # noqa: BLE001
-                st.fail("weights", e)
-        self._snap = []
-        if "updates" not in st.off:
-            try:
-                for p, row, k in self._w.update_rows:
-                    flat = local(p).detach().reshape(-1)
-                    self._snap.append((p, row, k, (flat[::k] if k > 1 else flat).clone()))
-            except Exception as e:  # noqa: BLE001
-                self._snap = []
-                st.fail("updates", e)
-
-    def _take_updates(self, rec: StepRecord) -> None:
-        from .tensors import local
-
-        if not self._snap:
-            return
-        rows: list[int] = []
-        ts: list[Any] = []
-        try:
-            for p, row, k, before in self._snap:
-                flat = local(p).detach().reshape(-1)
-                after = flat[::k] if k > 1 else flat
-                aux = self._w.aux_of[row]
-                rows += [row, aux]
-                ts += [after - before, before]
-                rec.aux[row] = aux
-            rec.add_many(rows, ts, hist=False)
-        except Exception as e:  # noqa: BLE001
-            self._state.fail("updates", e)
-        self._snap = []
 
     # ------------------------------------------------------------------ the loss
     def _take_loss(self, s: int, *, before_update: bool) -> bool:
@@ -393,7 +339,7 @@ class Probe:
                 self._state.fail("statistics", e)
 
     def _merge(self, figs: StepFigures, col: Collected) -> None:
-        from . import tensors as T
+        from .record import figures_matrix
 
         rec = col.rec
         moments, sat, dead = col.get()
@@ -408,27 +354,7 @@ class Probe:
         if self._dist:
             moments, sat_arr, dead_arr, proposal = self._distributed.merge(moments, self._w.replicated, sat_arr, dead_arr, proposal)
         self._schedule.agree(proposal)
-        pub = T.moments_to_public(moments)
-        present = moments[:R, T.COUNT] > 0
-        mat = np.full((R, NF), np.nan)
-        mat[present, : T.NFIELDS] = pub[:R][present]
-        fin = moments[:R, T.COUNT] - moments[:R, T.NAN] - moments[:R, T.INF]
-        for m in self._w.modules:
-            row = m.act_row
-            if m.unit is None or row < 0 or not present[row]:
-                continue
-            if m.unit == "relu":
-                mat[row, DEAD] = dead_arr[row]
-            elif fin[row] > 0:
-                mat[row, SATURATED] = sat_arr[row] / fin[row]
-        if rec.aux:
-            urows = np.fromiter(rec.aux.keys(), dtype=np.int64)
-            arows = np.fromiter(rec.aux.values(), dtype=np.int64)
-            rms_all = T.rms(pub)
-            w, u = rms_all[arows], rms_all[urows]
-            # weights still about zero (a bias at init) have no meaningful ratio
-            ok = present[urows] & np.isfinite(w) & (w > 1e-6) & np.isfinite(u)
-            mat[urows[ok], RATIO] = u[ok] / w[ok]
+        mat = figures_matrix(moments, sat_arr, dead_arr, rec, [(m.act_row, m.unit) for m in self._w.modules], R)
         hists = {row: c for row, c in rec.hists.items() if row < R}
         if self._dist and rec.hist:
             hists = self._distributed.merge_hist(hists, R, self._w.replicated[:R])
@@ -505,7 +431,7 @@ class Probe:
             st.fwd_grad = 0
             rec = st.record
             if rec is not None:
-                self._take_updates(rec)
+                self._params.updates(rec)
             self._end_step(s)
             self._seal(st.step)
             st.charge(st.clock() - t0, rec)
@@ -534,7 +460,7 @@ class Probe:
                      getattr(self, "_loss_obs", None))
         st.record = None
         st.inputs = []  # let the last batch go
-        self._snap = []
+        self._params.snapshot = []
         try:
             self._loss_obs.resolve(wait=True)
             if st.events:

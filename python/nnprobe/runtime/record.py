@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .. import core
+from ..figures import DEAD, NF, RATIO, SATURATED
 from .tensors import (
     ABSMAX, COUNT, INF, MAX, MIN, NAN, NFIELDS, ZEROS, Readback, core_rows, device_moments, empty_moments, host_input,
-    local, merge_into, public_to_moments, use_device_path,
+    local, merge_into, moments_to_public, public_to_moments, rms, use_device_path,
 )
 
 DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction rule it out
@@ -269,3 +270,30 @@ class Collected:
 
 def finite_count(m: np.ndarray) -> np.ndarray:
     return m[:, COUNT] - m[:, NAN] - m[:, INF]
+
+
+def figures_matrix(moments: np.ndarray, sat: np.ndarray, dead: np.ndarray, rec: StepRecord,
+                   units: list[tuple[int, str | None]], R: int) -> np.ndarray:
+    """A sampled step's figures [rows, FIELDS] from its merged moments: the public statistics,
+    the dead and saturated fractions of unit rows, the update/weight ratios."""
+    pub = moments_to_public(moments)
+    present = moments[:R, COUNT] > 0
+    mat = np.full((R, NF), np.nan)
+    mat[present, :NFIELDS] = pub[:R][present]
+    fin = moments[:R, COUNT] - moments[:R, NAN] - moments[:R, INF]
+    for row, unit in units:
+        if unit is None or row < 0 or not present[row]:
+            continue
+        if unit == "relu":
+            mat[row, DEAD] = dead[row]
+        elif fin[row] > 0:
+            mat[row, SATURATED] = sat[row] / fin[row]
+    if rec.aux:
+        urows = np.fromiter(rec.aux.keys(), dtype=np.int64)
+        arows = np.fromiter(rec.aux.values(), dtype=np.int64)
+        rms_all = rms(pub)
+        w, u = rms_all[arows], rms_all[urows]
+        # weights still about zero (a bias at init) have no meaningful ratio
+        ok = present[urows] & np.isfinite(w) & (w > 1e-6) & np.isfinite(u)
+        mat[urows[ok], RATIO] = u[ok] / w[ok]
+    return mat
