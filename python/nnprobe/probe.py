@@ -67,6 +67,7 @@ def watch(
     checks: bool = True,
     log_dir: str | None = None,
     tensorboard: bool = False,
+    wandb: bool = False,
     console: bool = True,
     strict: bool = False,
     device_stats: str = "auto",
@@ -78,15 +79,16 @@ def watch(
     step time; an int N samples one step in N. activations/gradients/weights/updates: which
     heavy statistics to take. checks: judge and report findings. log_dir: write a JSON Lines log
     there (see `nnprobe.sinks`). tensorboard: also write TensorBoard events (into log_dir, or
-    TensorBoard's default runs/ folder). console: print each finding as it is raised. strict:
-    raise `DiagnosticError` at the first error-severity finding. device_stats: "auto" (reduce
+    TensorBoard's default runs/ folder). wandb: also log into the active wandb run (call
+    wandb.init first; see `nnprobe.wandb_sink`). console: print each finding as it is raised.
+    strict: raise `DiagnosticError` at the first error-severity finding. device_stats: "auto" (reduce
     CUDA tensors on their device), "copy" (copy them to the host, then the core), "device"
     (use torch operations even for CPU tensors).
     """
     return Probe(
         model, optimizer, every=every, overhead=overhead, activations=activations, gradients=gradients,
         weights=weights, updates=updates, checks=checks, log_dir=log_dir, tensorboard=tensorboard,
-        console=console, strict=strict, device_stats=device_stats,
+        wandb=wandb, console=console, strict=strict, device_stats=device_stats,
     )
 
 
@@ -96,7 +98,7 @@ class Probe:
     def __init__(self, model: Any, optimizer: Any = None, *, every: int | str = "auto", overhead: float = 0.03,
                  activations: bool = True, gradients: bool = True, weights: bool = True, updates: bool = True,
                  checks: bool = True, log_dir: str | None = None, tensorboard: bool = False, console: bool = True,
-                 strict: bool = False, device_stats: str = "auto") -> None:
+                 wandb: bool = False, strict: bool = False, device_stats: str = "auto") -> None:
         import torch
 
         from . import _tensor, distributed, hooks, sinks
@@ -180,6 +182,10 @@ class Probe:
 
         self._sinks: list[Any] = []
         if self._reporting:
+            if wandb:  # first: without wandb or a run it fails before anything is opened
+                from .wandb_sink import WandbSink
+
+                self._sinks.append(WandbSink())
             if console:
                 self._sinks.append(sinks.ConsoleSink())
             if log_dir is not None:
