@@ -7,6 +7,7 @@ dozen steps each.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def tiny_bert() -> BertForSequenceClassification:
 
 def fit(model, tmp_path, cb, *, epochs: int = 2, optimizers=(None, None), collator=None, **args):
     targs = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16,
-                              num_train_epochs=epochs, report_to=[], use_cpu=True, save_strategy="no",
+                              num_train_epochs=epochs, report_to=args.pop("report_to", []), use_cpu=True, save_strategy="no",
                               disable_tqdm=True, logging_steps=args.pop("logging_steps", 5),
                               dataloader_pin_memory=False, seed=0, learning_rate=args.pop("learning_rate", 3e-3), **args)
     trainer = Trainer(model=model, args=targs, train_dataset=Tokens(), callbacks=[cb], optimizers=optimizers,
@@ -256,3 +257,28 @@ def test_watch_kwargs_reach_the_probe(tmp_path):
     assert (tmp_path / "elsewhere" / "nnprobe.jsonl").exists() and not (tmp_path / "out" / "nnprobe").exists()
     assert cb.report_path is None and not (tmp_path / "out" / REPORT_NAME).exists()
     assert math.isfinite(cb.probe.losses()[1][-1])
+
+
+def test_wandb_beside_the_trainers_own_wandb_logging(tmp_path, monkeypatch):
+    """report_to=["wandb"] starts the run (its callback runs before user callbacks) and logs at its
+    own steps; the probe's rows go into the same run, none dropped, at their own `nnprobe/step`."""
+    wandb = pytest.importorskip("wandb")
+    from test_wandb_sink import read_history
+
+    for k, v in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                 "WANDB_PROJECT": "nnprobe-test", "WANDB_CONSOLE": "off", "WANDB_DISABLE_GIT": "true"}.items():
+        monkeypatch.setenv(k, v)
+    torch.manual_seed(0)
+    cb = NnprobeCallback(console=False, wandb=True, every=4)
+    try:
+        fit(TinyClassifier(TinyConfig()), tmp_path, cb, epochs=1, report_to=["wandb"], logging_steps=2)
+        run_dir = os.path.dirname(wandb.run.dir)
+    finally:
+        wandb.finish()
+    rows = read_history(run_dir)
+    ours = [r for r in rows if "nnprobe/step" in r and "nnprobe/findings/_type" not in r]
+    assert [r["nnprobe/step"] for r in ours] == list(cb.probe.sampled_steps) == [0, 4, 8, 12]
+    assert all({"nnprobe/loss", "nnprobe/gradients/mlp.0.weight/rms", "nnprobe/updates/mlp.3.weight/ratio"} <= set(r)
+               for r in ours)
+    assert len([r for r in rows if "train/loss" in r]) == 8  # the Trainer's own rows, all there
+    assert sum("nnprobe/findings/_type" in r for r in rows) == 1
