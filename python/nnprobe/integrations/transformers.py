@@ -8,8 +8,8 @@ and optimizer (the one accelerate wraps: the probe hooks the torch optimizer ins
 one real optimizer step, after gradient accumulation). The loss comes from the loss functions the
 model calls (`torch.nn.functional`, as every `transformers` head does); for a loss computed some
 other way the callback hands the probe the loss the Trainer logs, when a logged value is one
-step's (`logging_steps=1`) and not an average: the Trainer has already read it to the host, so
-this adds no sync. At train end it closes the probe (every hook removed) and writes
+step's (`logging_steps=1`, from the second step on) and not an average: the Trainer has already
+read it to the host, so this adds no sync. At train end it closes the probe (every hook removed) and writes
 `nnprobe-report.html` into `args.output_dir`; the JSON Lines log goes to `<output_dir>/nnprobe`
 unless `log_dir` is given. `callback.probe` keeps the findings and history afterwards.
 
@@ -40,8 +40,8 @@ log = logging.getLogger("nnprobe")
 
 REPORT_NAME = "nnprobe-report.html"
 LOG_SUBDIR = "nnprobe"
-# Trainer methods that together run everything between on_train_begin and on_train_end, those of
-# this transformers version that exist are guarded (transformers 5: the epoch loop and the
+# the Trainer methods that run everything between on_train_begin and on_train_end; those this
+# transformers version has are guarded (5.x: the epoch loop, the evaluation on start and the
 # finishing; every version: the training step and the log/save/evaluate step)
 GUARDED = ("_run_epoch", "_finalize_training", "_evaluate", "training_step", "_maybe_log_save_evaluate")
 
@@ -61,7 +61,7 @@ class NnprobeCallback(TrainerCallback):
         self._trainer: Any = None
         self._guarded: list[str] = []
         self._logs_loss: bool | None = None  # decided at the first logged loss
-        self._last_logged = 0
+        self._last_logged = self._first_step = 0
 
     # ------------------------------------------------------------------ Trainer events
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -78,7 +78,7 @@ class NnprobeCallback(TrainerCallback):
             kw["log_dir"] = os.path.join(args.output_dir, LOG_SUBDIR)
         self.report_path = None
         self._logs_loss = None
-        self._last_logged = state.global_step
+        self._last_logged = self._first_step = state.global_step
         self.probe = nnprobe.watch(model, opt, **kw)
         self._open = True
         self._model_name = type(model).__name__
@@ -92,8 +92,11 @@ class NnprobeCallback(TrainerCallback):
         window = state.global_step - self._last_logged
         self._last_logged = state.global_step
         if self._logs_loss is None:
-            # the loss functions the model calls already gave the probe every step's loss: a logged
-            # value (an average over logging_steps) would only blur them
+            # when the loss functions the model calls give the probe every step's loss, a logged
+            # value would only repeat or blur them; a loss on the GPU reaches the probe one step
+            # late, so this is decided once two steps have passed
+            if state.global_step - self._first_step < 2:
+                return
             self._logs_loss = len(self.probe.losses()[0]) == 0
         value = logs["loss"]
         if self._logs_loss and window == 1 and isinstance(value, (int, float)) and math.isfinite(value):
