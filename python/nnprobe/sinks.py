@@ -68,6 +68,22 @@ class Sink:
     def close(self, step: int, findings: list[Finding]) -> None: ...
 
 
+def row_scalars(kind: str, m: np.ndarray) -> dict[str, float]:
+    """The per-layer numbers plotted over steps (TensorBoard, wandb): activation mean, std, dead
+    and saturated fractions; gradient rms; update ratio. Non-finite ones are left out."""
+    C = {f: i for i, f in enumerate(FIELDS)}
+    if kind == "activations":
+        vals = {"mean": m[C["mean"]], "std": m[C["std"]], "dead": m[C["dead"]], "saturated": m[C["saturated"]]}
+    elif kind == "gradients":
+        n = m[C["count"]] - m[C["nan"]] - m[C["inf"]]
+        vals = {"rms": m[C["l2"]] / math.sqrt(n) if n > 0 else math.nan}
+    elif kind == "updates":
+        vals = {"ratio": m[C["ratio"]]}
+    else:
+        vals = {}
+    return {k: float(v) for k, v in vals.items() if math.isfinite(v)}
+
+
 class ConsoleSink(Sink):
     """One line per finding, as it happens (rich, on stderr)."""
 
@@ -157,24 +173,13 @@ class TensorBoardSink(Sink):
                hists: dict[int, np.ndarray], figures: list[dict[str, Any]]) -> None:
         assert self._rows is not None
         rows = self._rows.rows
-        C = {f: i for i, f in enumerate(FIELDS)}
         for s, v in losses:
             if math.isfinite(v):
                 self._w.add_scalar("loss", v, s)
         for i in np.nonzero(present)[0]:
-            r, m = rows[i], mat[i]
-            n = m[C["count"]] - m[C["nan"]] - m[C["inf"]]
-            rms = m[C["l2"]] / math.sqrt(n) if n > 0 else math.nan
-            vals: dict[str, float] = {}
-            if r.kind == "activations":
-                vals = {"mean": m[C["mean"]], "std": m[C["std"]], "dead": m[C["dead"]], "saturated": m[C["saturated"]]}
-            elif r.kind == "gradients":
-                vals = {"rms": rms}
-            elif r.kind == "updates":
-                vals = {"ratio": m[C["ratio"]]}
-            for k, v in vals.items():
-                if math.isfinite(v):
-                    self._w.add_scalar(f"{r.kind}/{r.name}/{k}", float(v), step)
+            r = rows[i]
+            for k, v in row_scalars(r.kind, mat[i]).items():
+                self._w.add_scalar(f"{r.kind}/{r.name}/{k}", v, step)
         lo = core.HIST_LO
         for i, counts in hists.items():
             r = rows[i]
@@ -184,6 +189,7 @@ class TensorBoardSink(Sink):
             nz = np.nonzero(counts)[0]
             limits = [2.0 ** (lo + j + 1) for j in range(len(counts))]
             m = mat[i]
+            C = {f: k for k, f in enumerate(FIELDS)}
             self._w.add_histogram_raw(
                 f"{r.kind}/{r.name}/log2_magnitude", min=2.0 ** (lo + nz[0]), max=2.0 ** (lo + nz[-1] + 1),
                 num=total, sum=float(m[C["absmean"]] * total) if math.isfinite(m[C["absmean"]]) else 0.0,
@@ -205,8 +211,12 @@ class TensorBoardSink(Sink):
         self._w.close()
 
 
-def make_sinks(*, console: bool, log_dir: str | None, tensorboard: bool) -> list[Sink]:
+def make_sinks(*, console: bool, log_dir: str | None, tensorboard: bool, wandb: bool = False) -> list[Sink]:
     sinks: list[Sink] = []
+    if wandb:  # first: without wandb or an active run it fails before anything is opened
+        from .wandb_sink import WandbSink
+
+        sinks.append(WandbSink())
     if console:
         sinks.append(ConsoleSink())
     if log_dir is not None:

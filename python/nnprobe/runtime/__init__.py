@@ -30,6 +30,7 @@ def watch(
     checks: bool = True,
     log_dir: str | None = None,
     tensorboard: bool = False,
+    wandb: bool = False,
     console: bool = True,
     strict: bool = False,
     device_stats: str = "auto",
@@ -42,14 +43,15 @@ def watch(
     step time; an int N samples one step in N. activations/gradients/weights/updates: which
     heavy statistics to take. checks: judge and report findings. log_dir: write a JSON Lines log
     there (see `nnprobe.sinks`). tensorboard: also write TensorBoard events (into log_dir, or
-    TensorBoard's default runs/ folder). console: print each finding as it is raised. strict:
+    TensorBoard's default runs/ folder). wandb: also log into the active wandb run (call
+    wandb.init first; see nnprobe.wandb_sink). console: print each finding as it is raised. strict:
     raise `DiagnosticError` at the first error-severity finding. device_stats: "auto" (reduce
     CUDA tensors on their device), "copy" (copy them to the host, then the core), "device"
     (use torch operations even for CPU tensors).
     """
     return Probe(
         model, optimizer, every=every, overhead=overhead, activations=activations, gradients=gradients,
-        weights=weights, updates=updates, checks=checks, log_dir=log_dir, tensorboard=tensorboard,
+        weights=weights, updates=updates, checks=checks, log_dir=log_dir, tensorboard=tensorboard, wandb=wandb,
         console=console, strict=strict, device_stats=device_stats,
     )
 

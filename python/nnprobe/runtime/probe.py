@@ -48,8 +48,8 @@ class Probe:
 
     def __init__(self, model: Any, optimizer: Any = None, *, every: int | str = "auto", overhead: float = 0.03,
                  activations: bool = True, gradients: bool = True, weights: bool = True, updates: bool = True,
-                 checks: bool = True, log_dir: str | None = None, tensorboard: bool = False, console: bool = True,
-                 strict: bool = False, device_stats: str = "auto", clock: Callable[[], float] | None = None) -> None:
+                 checks: bool = True, log_dir: str | None = None, tensorboard: bool = False, wandb: bool = False,
+                 console: bool = True, strict: bool = False, device_stats: str = "auto", clock: Callable[[], float] | None = None) -> None:
         import torch
 
         from ..checks.judge import Judge
@@ -106,7 +106,7 @@ class Probe:
         self._logged_lrs: tuple[float, ...] | None = None
         self._closed = False
 
-        self._sinks = make_sinks(console=console, log_dir=log_dir, tensorboard=tensorboard) if distributed.rank() == 0 else []
+        self._sinks = make_sinks(console=console, log_dir=log_dir, tensorboard=tensorboard, wandb=wandb) if distributed.rank() == 0 else []
         meta = {"model": type(w.model).__name__, "every": every, "overhead": overhead,
                 "world_size": distributed.world_size(), "device_stats": self._policy}
         self._to_sinks("start", meta, w.plan)
