@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import torch
 import torch.nn as nn
@@ -355,12 +355,14 @@ def assert_silent(run: Run) -> None:
     assert not loud, f"{len(loud)} finding(s) above info on a correct loop:\n{run.text()}"
 
 
-def assert_found(run: Run, code: str, module: str | None = None, **data: Any) -> nnprobe.Finding:
-    """A finding with `code` (naming `module`, and with these `data` items, when given)."""
+def assert_found(run: Run, code: str, module: str | Collection[str] | None = None, **data: Any) -> nnprobe.Finding:
+    """A finding with `code` (naming `module`, or one of several, and with these `data` items,
+    when given)."""
     hits = [f for f in run.findings if f.code == code]
     assert hits, f"no {code}:\n{run.text()}"
     if module is not None:
-        hits = [f for f in hits if f.module == module]
+        allowed = {module} if isinstance(module, str) else set(module)
+        hits = [f for f in hits if f.module in allowed]
         assert hits, f"{code} does not name {module!r}:\n{run.text()}"
     if data:
         hits = [f for f in hits if all(f.data.get(k) == v for k, v in data.items())]
