@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterator
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from typing import Any
 
 import nnprobe
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 # ----------------------------------------------------------------------------- data
 
@@ -100,15 +100,17 @@ def tiny_bert(num_labels: int = 2, vocab: int = 64) -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=num_labels)
+                     intermediate_size=64, max_position_embeddings=32,
+                     num_labels=num_labels)  # type: ignore[call-arg]  # a PretrainedConfig kwarg
     return BertForSequenceClassification(cfg)
 
 
 def tiny_gpt2(vocab: int = 32) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    # token ids inside the tiny vocabulary and the loss named: transformers logs about both otherwise
     cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0,
-                     loss_type="ForCausalLM")
+                     loss_type="ForCausalLM")  # type: ignore[call-arg]  # a PretrainedConfig kwarg
     model = GPT2LMHeadModel(cfg)
     assert model.lm_head.weight is model.transformer.wte.weight  # weight tying
     return model

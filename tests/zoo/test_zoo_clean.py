@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import cast
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 
-import nnprobe
 from zoo.models import (
     MLP,
     FunctionalMLP,
@@ -78,8 +79,11 @@ def test_resnet18_batchnorm():
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
 def test_compiled_aot_eager():
     task = digits_task(MLP)
-    task.model = torch.compile(task.model, backend="aot_eager")
-    run = train(task, torch.optim.Adam(task.model.parameters(), lr=1e-3), 30)
+    task.model = cast(torch.nn.Module, torch.compile(task.model, backend="aot_eager"))
+    try:
+        run = train(task, torch.optim.Adam(task.model.parameters(), lr=1e-3), 30)
+    finally:
+        torch._dynamo.reset()
     assert_learns(run)
     assert_silent(run)
 
@@ -91,7 +95,7 @@ def _compiled_counts(watched: bool) -> tuple[int, int, list[str]]:
     torch._dynamo.reset()
     counters.clear()
     task = digits_task(MLP)
-    model = torch.compile(task.model, backend="aot_eager")
+    model = cast(torch.nn.Module, torch.compile(task.model, backend="aot_eager"))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     probe = nnprobe.watch(model, opt, every=1, console=False) if watched else None
     try:

@@ -7,13 +7,17 @@ measured with plain torch; it turns into a failure (XPASS) once the defect is fi
 
 from __future__ import annotations
 
-import pytest
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.nn.functional import cross_entropy  # by name, before any probe opens: as at the top of a user's file
+from typing import cast
 
 import nnprobe
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.functional import (
+    cross_entropy,  # by name, before any probe opens: as at the top of a user's file
+)
+
 from zoo.models import (
     MLP,
     FunctionalMLP,
@@ -22,7 +26,6 @@ from zoo.models import (
     bert_task,
     digits_task,
     gpt2_task,
-    lstm_task,
     regression_task,
     resnet_task,
     train,
@@ -108,7 +111,7 @@ def test_lr_far_too_low_every_step():
 def _dead_run(model: type[nn.Module]):
     task = digits_task(model)
     with torch.no_grad():
-        task.model.fc1.bias.fill_(-4.0)  # pre-activations ~ N(-4, 0.6): the first ReLU is dead
+        cast(nn.Linear, task.model.get_submodule("fc1")).bias.fill_(-4.0)  # pre-activations ~ N(-4, 0.6): the first ReLU is dead
     return train(task, torch.optim.Adam(task.model.parameters(), lr=1e-3), 30)
 
 
