@@ -186,16 +186,12 @@ def _ema_run(after_close: int = 0):
     return run, ema[0], x
 
 
-@pytest.mark.xfail(strict=True, reason="train-mode-eval on an EMA copy: the deepcopy carries the probe's root pre-hook, "
-                   "which judges the watched model's modes (in train mode) when the copy (in eval mode) runs")
 def test_ema_copy_made_mid_training():
     run, _, _ = _ema_run()
     assert_learns(run)
     assert_silent(run)
 
 
-@pytest.mark.xfail(strict=True, reason="close() leaves the probe's root pre-hook on a deepcopy of the watched model, "
-                   "and the closed probe still counts findings from it")
 def test_ema_copy_keeps_no_hooks_after_close():
     run, ema, x = _ema_run()
     before = sum(f.count for f in run.findings)

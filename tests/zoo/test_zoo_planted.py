@@ -95,8 +95,6 @@ def _low_lr_run(every: int | str):
     return train(task, torch.optim.Adam(task.model.parameters(), lr=1e-8), 90, every=every)  # 1e5x below 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="lr 1e5x too low over 90 steps is missed with every='auto': 4 of 90 steps "
-                   "sampled, update-ratio needs 10 sampled steps")
 def test_lr_far_too_low_default_sampling():
     run = _low_lr_run("auto")
     assert_found(run, "update-ratio", {"fc1", "fc2", "head"}, direction="low")

@@ -97,7 +97,10 @@ def root_pre_hook(state: LiveState, root: torch.nn.Module, sensitive: list[tuple
     is_grad_enabled = torch.is_grad_enabled
 
     def hook(module: Any, args: Any, kwargs: Any) -> None:
-        if module is not root or state.closed or state.busy:
+        if module is not root:
+            _forget(module, hook)  # a deepcopy of the watched model (an EMA copy): take the hook off it
+            return None
+        if state.closed or state.busy:
             return None
         if is_grad_enabled():
             if state.fwd_grad == 0:
@@ -116,6 +119,16 @@ def root_pre_hook(state: LiveState, root: torch.nn.Module, sensitive: list[tuple
         return None
 
     return hook
+
+
+def _forget(module: torch.nn.Module, hook: Callable[..., Any]) -> None:
+    """Remove `hook` from a module's forward (pre-)hooks (PyTorch iterates over a copy of them)."""
+    for hooks, extras in ((module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
+                          (module._forward_hooks, (module._forward_hooks_with_kwargs, module._forward_hooks_always_called))):
+        for hid in [k for k, v in hooks.items() if v is hook]:
+            del hooks[hid]
+            for extra in extras:
+                extra.pop(hid, None)
 
 
 class ZeroGradSentinel:
@@ -162,8 +175,11 @@ def forward_hook(state: LiveState, owner: torch.nn.Module, act_row: int, grad_ro
     in_backward = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
     def hook(module: Any, args: Any, out: Any) -> None:
+        if module is not owner:
+            _forget(module, hook)  # a deepcopy of the watched model: take the hook off it
+            return None
         rec = state.record
-        if module is not owner or rec is None or state.busy or not torch.is_grad_enabled() or in_backward() != -1:
+        if rec is None or state.busy or not torch.is_grad_enabled() or in_backward() != -1:
             return None  # a copy, an evaluation, or activation-checkpoint recomputation during backward
         t0 = state.clock()
         try:
