@@ -178,3 +178,25 @@ def test_a_finding_is_kept_once_with_its_count():
     steps = [StepFigures(s, events=[Event("zero-grad", {"param": "w", "after_step": s})]) for s in range(4)]
     (f,) = run(EMPTY, steps)
     assert f.count == 4 and f.step == 1 and f.data["last_step"] == 4
+
+
+def _ratio_run(ratio: float, losses: list[float], grow: float = 1.0):
+    steps = []
+    for s, loss in enumerate(losses):
+        f = figures(LAYERS, s, ratios(ratio, weight_rms=grow ** s), loss=loss)
+        for k in range(3):
+            f.sampled.mat[LAYERS.rows.find(f"l{k}.weight", "updates"), RATIO] = ratio
+        steps.append(f)
+    return [f.data["direction"] for f in run(LAYERS, steps) if f.code == "update-ratio"][:1]
+
+
+@pytest.mark.parametrize("ratio,losses,grow,expect", [
+    (0.2, [3.0 * 0.9 ** s for s in range(10)], 1.0, []),  # Adam's first steps without warm-up: the loss falls fast
+    (0.2, [3.0] * 10, 1.0, ["high"]),  # no progress at all
+    (0.2, [3.0 * 0.97 ** s for s in range(10)], 1.1, []),  # a small weight growing while the loss comes down
+    (0.5, [3.0 * 1.5 ** s for s in range(10)], 1.3, ["high"]),  # every weight grows and the loss diverges
+    (1e-7, [2.3] * 10, 1.0, ["low"]),  # a far too low rate: the loss stays where it started
+    (1e-7, [2.3] + [2e-4] * 9, 1.0, []),  # converged: tiny updates are no low rate
+])
+def test_update_ratio_reads_the_loss(ratio, losses, grow, expect):
+    assert _ratio_run(ratio, losses, grow) == expect

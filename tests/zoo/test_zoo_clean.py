@@ -53,8 +53,6 @@ def test_gpt2_tied_embeddings():
     assert_silent(run)
 
 
-@pytest.mark.xfail(strict=True, reason="update-ratio 'too high' on Adam's first 10 steps without warm-up: the ratio "
-                   "starts at 0.3 and is already 0.06 by step 9, while the loss falls fastest (3.5 -> 0.95)")
 def test_gpt2_adam_first_steps_without_warmup():
     # plain torch, AdamW lr 3e-3: update/weight of h.0.attn.c_proj.weight (init std 0.02/sqrt(2 n_layer),
     # rms 0.01) 0.31 at step 0, 0.15 at 3, 0.093 at 6, 0.062 at 9, 0.02 at 39; loss 3.50 -> 0.95 in 40
@@ -216,8 +214,6 @@ def test_lstm_packed_sequences():
     assert_silent(run)
 
 
-@pytest.mark.xfail(strict=True, reason="update-ratio 'learning rate too low' with every=1 on a converged LSTM's embedding: "
-                   "a small update at loss 5e-5 is convergence, not a low learning rate")
 def test_lstm_trained_to_convergence():
     # plain torch, SGD lr 0.5 momentum 0.9: loss 0.69 -> 2e-4 by step 60, 3e-5 by 280; update/weight of
     # embed.weight 5e-4 at step 60, 3.3e-5 at 100, 1.2e-5 at 220, 8.7e-6 at 280 (the LSTM's own weights
