@@ -104,8 +104,15 @@ def grads(first_rms: float, last_rms: float, n: int = 100):
 ])
 def test_gradient_flow(first, last, expect):
     order = ["l0", "l1", "l2"]
-    steps = [figures(LAYERS, s, grads(first, last), order=order) for s in range(3)]
+    steps = [figures(LAYERS, s, grads(first, last), order=order) for s in range(0, 25, 4)]
     assert codes(run(LAYERS, steps)) == expect
+
+
+def test_vanishing_at_init_that_recovers_is_silent():
+    """A transformer's first projections start with tiny gradients and catch up (tiny BERT)."""
+    order = ["l0", "l1", "l2"]
+    steps = [figures(LAYERS, s, grads(1e-6 if s < 16 else 1e-2, 1.0), order=order) for s in range(0, 40, 2)]
+    assert run(LAYERS, steps) == []
 
 
 def ratios(ratio: float, weight_rms: float = 1.0, n: int = 100):

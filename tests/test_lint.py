@@ -189,8 +189,12 @@ def test_final_activation_against_the_loss(act, loss, code, method):
 def test_stacked_linear(method):
     rep = nnprobe.lint(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), torch.randn(3, 4), method=method)
     (f,) = rep.findings
-    assert (f.code, f.module, f.severity) == ("stacked-linear", "0", "info")
-    assert rep.ok  # info only
+    assert (f.code, f.module, f.severity) == ("stacked-linear", "0", "warning")
+    assert not rep.ok
+    # a bottleneck narrower than both ends (LoRA's A then B) is a deliberate low-rank map: info
+    rep = nnprobe.lint(nn.Sequential(nn.Linear(16, 2), nn.Linear(2, 16)), torch.randn(3, 16), method=method)
+    (f,) = rep.findings
+    assert f.severity == "info" and f.data["low_rank"] and rep.ok
     rep = nnprobe.lint(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 2)), torch.randn(3, 4), method=method)
     assert rep.codes() == {"stacked-linear"}
     rep = nnprobe.lint(nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)), torch.randn(3, 4), method=method)

@@ -218,11 +218,13 @@ CATALOGUE: dict[str, Entry] = {
         "Karpathy's thread (#5); UMLAUT (activation on the last layer).",
     ),
     "stacked-linear": Entry(
-        "lint", "info", "Two linear maps with nothing non-linear between them",
+        "lint", "warning", "Two linear maps with nothing non-linear between them",
         "Two Linear layers in a row compose to one linear map: the extra layer adds parameters but "
         "no expressiveness, which is usually a forgotten activation.",
         "Add a nonlinearity between them, or merge them into one layer.",
-        "The debugging checklist (check intermediate outputs and connections).",
+        "The debugging checklist (check intermediate outputs and connections). A warning: a forgotten activation "
+        "is by far the usual cause (SPEC section 6). A pair whose middle width is below both outer widths (a "
+        "low-rank factorisation such as a LoRA adapter's A then B) is reported as info.",
     ),
     "final-bias-init": Entry(
         "lint", "info", "The final bias does not match the data's prior",

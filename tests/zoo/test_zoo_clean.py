@@ -34,8 +34,6 @@ from zoo.models import (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="vanishing-gradients on a healthy tiny BERT: the query projection's gradient rms "
-                   "is ~1e-5 of the classifier's for the first ~20 steps of attention at init, yet Adam moves it 5-11% a step")
 def test_bert_classifier_loss_inside_the_model():
     # plain torch, same seed: rms grad of layer.0 query 6.7e-8 .. 5.7e-7 (steps 0..10) vs classifier
     # 6.5e-3 .. 2.5e-2 (ratio ~1e-5); the ratio reaches ~1e-2 by step 25. update/weight of the query

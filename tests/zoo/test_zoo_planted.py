@@ -137,7 +137,6 @@ def test_nan_in_a_weight_gpt2():
     assert_found(run, "non-finite", "transformer.h.1.mlp.c_fc")
 
 
-@pytest.mark.xfail(strict=True, reason="stacked-linear (a forgotten activation) is info, SPEC section 6 makes it a warning")
 def test_stacked_linear_is_a_warning():
     model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
     report = nnprobe.lint(model, torch.randn(32, 8), loss_fn=nn.CrossEntropyLoss())

@@ -281,14 +281,25 @@ def _stacked_linear(g: Graph, n: Node) -> list[Finding]:
             cur = nxt
             continue
         if _is_linear(nxt):
+            # a bottleneck narrower than both ends is a deliberate low-rank factorisation (LoRA's A then
+            # B): worth knowing; otherwise almost always a forgotten activation (SPEC section 6)
+            low_rank = _bottleneck(n, nxt)
             return [Finding(
-                "stacked-linear", "info",
+                "stacked-linear", "info" if low_rank else "warning",
                 f"{n.label} ({n.op}) feeds {nxt.label} ({nxt.op}) with no nonlinearity between: together they "
-                "are one linear map",
+                "are one linear map" + (" (a low-rank bottleneck, perhaps on purpose)" if low_rank else ""),
                 module=n.name, hint="add an activation between them, or merge them into one layer",
-                data={"first": n.label, "second": nxt.label},
+                data={"first": n.label, "second": nxt.label, "low_rank": low_rank},
             )]
         return []
+
+
+def _bottleneck(first: Node, second: Node) -> bool:
+    """The width between two linear maps is smaller than both their outer widths."""
+    a, b = first.module, second.module
+    inner = getattr(a, "out_features", getattr(a, "out_channels", None))
+    outer = (getattr(a, "in_features", getattr(a, "in_channels", None)), getattr(b, "out_features", getattr(b, "out_channels", None)))
+    return isinstance(inner, int) and all(isinstance(w, int) and inner < w for w in outer)
 
 
 def _producer(g: Graph, idx: int) -> Node:
