@@ -5,13 +5,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nnprobe
 import pytest
 import torch
-from torch import nn
-
-import nnprobe
 from nnprobe.findings import CATALOGUE
 from nnprobe.report import from_probe, load_log, render, save_mask
+from nnprobe.report.logfile import log_files
+from torch import nn
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -52,22 +52,34 @@ def test_report_from_log_and_from_probe_show_the_same_run(tmp_path):
     page = render(a, tmp_path / "r.html").read_text()
     assert "zero-grad-missing" in page and "Why it hurts" in page
     for plot in ("Loss", "Activation distributions", "Gradient distributions", "Update / weight ratio",
-                 "Gradient norms", "Dead units", "Saturated activations"):
-        assert f"alt='{plot}'" in page
+                 "Gradient norms", "Dead units", "Saturated activations", "Activation std"):
+        assert f"data-plot='{plot}'><svg" in page
 
 
 def test_a_killed_runs_partial_log_still_makes_a_report(tmp_path):
     watched_run(tmp_path)
-    log = tmp_path / "log" / "nnprobe.jsonl"
+    (log,) = log_files(tmp_path / "log")
     lines = log.read_text().splitlines()
     log.write_text("\n".join(lines[: len(lines) // 2]) + '\n{"type": "step", "ste')  # cut mid-record
     run = load_log(tmp_path / "log")
-    assert len(run.steps) >= 1
-    assert render(run, tmp_path / "partial.html").stat().st_size > 5_000
+    assert len(run.steps) >= 1 and not run.ended and run.skipped == 1
+    page = render(run, tmp_path / "partial.html").read_text()
+    assert "no end record" in page and "1 malformed log line(s) skipped" in page
 
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+# Run in a copy of the page only: the report itself carries no script. It waits for every image
+# embedded in the SVGs (the heat strips' and masks' cells) to decode, then writes the tally.
+_DECODE_CHECK = """<script>addEventListener('load', async () => {
+  const srcs = [...document.querySelectorAll('svg image')].map(i => i.getAttribute('href'));
+  const ok = await Promise.all(srcs.map(s => new Promise(r => { const im = new Image();
+    im.onload = () => r(im.naturalWidth > 0); im.onerror = () => r(false); im.src = s; })));
+  document.body.dataset.decoded = ok.filter(Boolean).length + '/' + srcs.length;
+  document.body.dataset.svgs = [...document.querySelectorAll('svg')].filter(s => s.getBBox().width > 0).length;
+});</script>"""
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (.ci/run installs Debian's chromium)")
@@ -76,11 +88,16 @@ def test_report_renders_in_headless_chromium(tmp_path):
     save_mask(tmp_path / "log", "batch independence", torch.eye(8, dtype=torch.bool).numpy())
     run = load_log(tmp_path / "log")
     page = render(run, tmp_path / "report.html")
-    n_images = page.read_text().count("<img ")
+    text = page.read_text()
+    n_svgs, n_images = text.count("<svg "), text.count("<image ")
+    assert n_svgs >= 9 and n_images >= 11  # 8 plots and a mask; 5 + 5 heat strips and a mask
+    probe_page = tmp_path / "probe.html"
+    probe_page.write_text(text.replace("</body>", _DECODE_CHECK + "</body>"))
     cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
-    dom = subprocess.run(cmd + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(cmd + ["--dump-dom", probe_page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert f'data-rendered="{n_images}/{n_images}"' in dom.stdout, "some plots did not decode"
+    assert f'data-decoded="{n_images}/{n_images}"' in dom.stdout, "some cells did not decode"
+    assert f'data-svgs="{n_svgs}"' in dom.stdout, "some plots have nothing drawn"
     assert "zero-grad-missing" in dom.stdout and "batch independence" in dom.stdout
     shot = tmp_path / "report.png"
     r = subprocess.run(cmd + ["--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
