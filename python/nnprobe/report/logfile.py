@@ -143,9 +143,12 @@ def _num(v: Any, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _Bad(f"{what} must be a number or null")
     try:
-        return float(v)
+        x = float(v)
     except OverflowError:
         raise _Bad(f"{what} is out of range") from None
+    if not math.isfinite(x):  # 1e999 parses as inf; the writer writes null for a non-finite figure
+        raise _Bad(f"{what} must be finite or null")
+    return x
 
 
 def _str(v: Any, what: str, *, null: bool = False) -> Any:
