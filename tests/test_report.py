@@ -133,11 +133,11 @@ PAYLOADS = ["<script>alert(1)</script>", "\"'><img src=x onerror=alert(1)>", "</
 # every tag the report itself writes; anything else in a parsed page came from the data
 PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "span", "div", "b", "i", "code", "br",
              "details", "summary", "pre", "table", "tr", "th", "td", "figure", "svg", "rect", "text", "line",
-             "polyline", "circle", "path", "g", "image"}
+             "polyline", "polygon", "circle", "path", "g", "image", "tspan"}
 PAGE_ATTRIBUTES = {"lang", "charset", "class", "data-plot", "xmlns", "viewbox", "width", "height", "role", "aria-label",
-                   "font-family", "x", "y", "font-size", "text-anchor", "transform", "fill", "stroke", "x1", "x2", "y1",
-                   "y2", "stroke-width", "stroke-dasharray", "points", "cx", "cy", "r", "d", "preserveaspectratio",
-                   "image-rendering", "style", "href"}
+                   "font-family", "x", "y", "dy", "font-size", "text-anchor", "transform", "fill", "stroke", "x1", "x2",
+                   "y1", "y2", "stroke-width", "stroke-dasharray", "stroke-opacity", "points", "cx", "cy", "r", "d",
+                   "preserveaspectratio", "image-rendering", "style", "href"}
 
 
 class Page(HTMLParser):
@@ -316,3 +316,20 @@ def test_the_loss_axis_is_logarithmic_only_across_a_decade(losses, log_axis):
                   loss_steps=np.arange(len(losses)), loss_values=losses)
     labels = {t.split(">")[1].split("<")[0] for t in plot_loss(run).split("<text")[1:]}
     assert ({"0.1", "1", "10"} <= labels) == log_axis
+
+
+def test_heat_strips_fold_the_tail_of_tiny_magnitudes_into_the_bottom_row():
+    from nnprobe.report import svg
+
+    counts = np.zeros((2, 64))
+    counts[:, 46:50] = [2000, 5000, 2000, 990]  # the bulk: |x| in [2^-2, 2^2)
+    counts[:, 0] = 10  # 0.1% near 2^-48: the tail every log-magnitude histogram has
+    page = svg.heat_strips([svg.Strip("layer", np.array([0, 10]), counts)], title="t", lo=-48)
+    (uri,) = [p.split("'")[0] for p in page.split("href='data:image/png;base64,")[1:]]
+    cells, _ = read_png(base64.b64decode(uri))
+    assert cells.shape == (4, 2)  # 2^-2 .. 2^2, not 2^-48 .. 2^2
+    assert (cells[-1] > 0).all()  # the bottom row holds the folded tail (2000 + 10 values), not blank
+    parsed = Page(page)
+    # the bottom row's values are below 2^-1 (its bin, [2^-2, 2^-1), and all the tail); the top edge is 2^2
+    text = "".join(parsed.text)
+    assert "<2-1" in text and "22" in text

@@ -207,7 +207,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px;color:#222}
 h1{margin-bottom:4px} .meta{color:#666;margin:4px 0} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f4f4f4} td:first-child,th:first-child,td:nth-child(2){text-align:left}
+th{background:#f4f4f4} td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}
 .sev-error{color:#b00020;font-weight:600} .sev-warning{color:#a15c00;font-weight:600} .sev-info{color:#0b6e99}
 .finding{border-left:4px solid #ddd;padding:6px 12px;margin:10px 0;background:#fafafa;overflow-wrap:anywhere}
 .finding.error{border-color:#b00020} .finding.warning{border-color:#e09000} .finding.info{border-color:#0b6e99}

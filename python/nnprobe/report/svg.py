@@ -235,11 +235,18 @@ class Strip:
     counts: np.ndarray  # [T, bins]
 
 
+def _power_of_two(x: float, y: float, exponent: int, *, prefix: str = "") -> str:
+    return (f"<text x='{x:.1f}' y='{y:.1f}' font-size='10'>{html.escape(prefix)}2"
+            f"<tspan dy='-4' font-size='8'>{exponent}</tspan></text>")
+
+
 def heat_strips(strips: Sequence[Strip], *, title: str, lo: int) -> str | None:
-    """One strip per layer: x the sampled steps, y the log2|x| bins (larger values up), darker
-    where a larger share of that step's values fell. Each step's column is scaled to its own
-    peak so that the shape shows even where a layer has few values. One y range for all the
-    strips (the bins any of them used), so layers can be compared."""
+    """One row per layer. Left, a heat strip: x the sampled steps, y the log2|x| bins (larger
+    values up), darker where a larger share of that step's values fell; each step's column is
+    scaled to its own peak, so the shape shows even where a layer has few values. Right, the
+    latest histogram as a profile on the same y axis, where a shape (a spike at |x| = 1 from
+    saturated tanh, a long tail of tiny gradients) reads best. One y range for every row, with a
+    dashed line at |x| = 1, so that layers compare."""
     strips = [s for s in strips if len(s.steps) and np.asarray(s.counts).sum() > 0]
     if not strips:
         return None
@@ -250,11 +257,25 @@ def heat_strips(strips: Sequence[Strip], *, title: str, lo: int) -> str | None:
         g = np.zeros((len(steps), np.asarray(s.counts).shape[1]))
         g[np.searchsorted(steps, np.asarray(s.steps, dtype=np.int64))] = np.asarray(s.counts, dtype=np.float64)
         grids.append(g)
-    used = np.flatnonzero(np.sum([g.sum(0) for g in grids], axis=0) > 0)
-    b0, b1 = int(used.min()), int(used.max())
-    label_w, axis_w, strip_h, gap, top = 190, 64, 34, 8, 28
-    pw = WIDTH - label_w - axis_w
-    out = []
+    # The y range: up to the largest value seen, down to where the smallest 0.5% of each histogram
+    # begin; the bins below that are added into the bottom one. Every log-magnitude histogram of
+    # values spread around zero has a long thin tail of tiny magnitudes (a bin's share halves
+    # with each bin down) that would otherwise squash the bulk into a few pixels.
+    b1 = max(int(np.flatnonzero(g.sum(0)).max()) for g in grids)
+    with np.errstate(all="ignore"):
+        cum = [np.cumsum(g, axis=1) / g.sum(axis=1, keepdims=True) for g in grids]
+    b0 = min(int(np.argmax(c > 0.005, axis=1)[np.isfinite(c[:, -1])].min()) for c in cum)
+    folded = any(g[:, :b0].any() for g in grids)
+    for g in grids:
+        g[:, b0] += g[:, :b0].sum(axis=1)
+    nb = b1 - b0 + 1
+    label_w, axis_w, profile_w, gap, top = 170, 44, 96, 8, 40
+    strip_h = int(min(max(2 * nb, 48), 80))
+    pw = WIDTH - label_w - axis_w - profile_w - 8
+    px0 = label_w + pw + axis_w  # the profiles' left edge
+    one = -lo  # the bin whose lower edge is |x| = 1
+    out = [_text(label_w + pw / 2, top - 6, "over the sampled steps", size=10, anchor="middle"),
+           _text(px0 + profile_w / 2, top - 6, f"latest (step {int(steps[-1])})", size=10, anchor="middle")]
     for k, (s, g) in enumerate(zip(strips, grids)):
         y = top + k * (strip_h + gap)
         c = g[:, b0:b1 + 1]
@@ -265,16 +286,35 @@ def heat_strips(strips: Sequence[Strip], *, title: str, lo: int) -> str | None:
         px = np.where(shade > 0, 1 + np.round(np.sqrt(shade) * 254), 0).astype(np.uint8)
         out.append(_image(px.T[::-1], BLUES, label_w, y, pw, strip_h))
         out.append(f"<rect x='{label_w}' y='{y}' width='{pw}' height='{strip_h}' fill='none' stroke='#bbb'/>")
-        out.append(f"<g><title>{html.escape(s.label)}</title>{_text(label_w - 6, y + strip_h / 2 + 4, short(s.label), size=10, anchor='end')}</g>")
-        if k == 0:  # one scale for every strip
-            out.append(_text(label_w + pw + 4, y + 9, f"2^{lo + b1 + 1}", size=9))
-            out.append(_text(label_w + pw + 4, y + strip_h, f"2^{lo + b0}", size=9))
+        out.append(f"<g><title>{html.escape(s.label)}</title>{_text(label_w - 6, y + strip_h / 2 + 4, short(s.label, 26), size=10, anchor='end')}</g>")
+        # the profile: each bin's share of the latest histogram, as a filled outline
+        last = g[np.searchsorted(steps, int(np.asarray(s.steps)[-1])), b0:b1 + 1]
+        share = last / last.max() if last.max() > 0 else last
+        ys = y + strip_h * (nb - np.arange(nb) - 0.5) / nb
+        pts = " ".join(f"{px0 + profile_w * v:.1f},{yy:.1f}" for v, yy in zip(share, ys))
+        out.append(f"<rect x='{px0}' y='{y}' width='{profile_w}' height='{strip_h}' fill='none' stroke='#bbb'/>"
+                   f"<polygon fill='#9ecae1' stroke='#08519c' stroke-width='1' "
+                   f"points='{px0},{ys[0]:.1f} {pts} {px0},{ys[-1]:.1f}'/>")
+        y1 = y + strip_h * (b1 + 1 - one) / nb  # where |x| = 1 is
+        if b0 < one <= b1:
+            out.append(f"<line x1='{label_w}' x2='{px0 + profile_w}' y1='{y1:.1f}' y2='{y1:.1f}' stroke='#d62728' "
+                       f"stroke-width='0.8' stroke-dasharray='3 3' stroke-opacity='0.7'/>")
+        if k == 0:  # one scale for every row: its ends, and 1 where it lies inside, not too close to an end
+            inside = b0 < one <= b1
+            if inside:
+                out.append(_text(label_w + pw + 4, y1 + 4, "1", size=10))
+            # with the tail folded in, the bottom bin holds everything below its top
+            bottom = (lo + b0 + 1, "<") if folded else (lo + b0, "")
+            for yy, e, prefix in ((y + 9, lo + b1 + 1, ""), (y + strip_h, *bottom)):
+                if not inside or abs(yy - 4 - y1) > 11:
+                    out.append(_power_of_two(label_w + pw + 4, yy, e, prefix=prefix))
     y_axis = top + len(strips) * (strip_h + gap)
     n = len(steps)
     # columns are the histogram steps in order (evenly spaced, whatever their step numbers)
     for j in sorted({0, n // 2, n - 1}):
         out.append(_text(label_w + pw * (j + 0.5) / n, y_axis + 6, int(steps[j]), size=10, anchor="middle"))
     out.append(_text(label_w + pw / 2, y_axis + 22, "step (one column per histogram)", anchor="middle"))
+    out.append(_text(px0 + profile_w / 2, y_axis + 6, "share of values", size=10, anchor="middle"))
     return _svg(title, WIDTH, y_axis + 32, "".join(out))
 
 
