@@ -12,9 +12,10 @@ import sys
 import textwrap
 import time
 
-import nnprobe
 import torch
 import torch.nn.functional as F
+
+import nnprobe
 from fixtures import models as Z
 from nnprobe.report.logfile import log_files, new_log_name, read_runs
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-# matplotlib's "tab10": distinguishable, and what users of the old report know
+# the "tab10" palette: ten colours that stay distinguishable, the ones the previous report used
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 WIDTH = 720
 FONT = "font-family='system-ui,-apple-system,Segoe UI,sans-serif'"
