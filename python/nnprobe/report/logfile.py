@@ -253,7 +253,9 @@ def _lines(path: Path) -> Iterator[tuple[int, Any]]:
                 continue
             try:
                 yield no, json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-            except (ValueError, RecursionError, _Bad) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+            except _Bad as e:
+                yield no, e
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
                 yield no, _Bad(f"not JSON ({type(e).__name__})")
 
 
@@ -261,11 +263,7 @@ def read_log(path: str | os.PathLike) -> Log:
     """Reads one log file; raises `LogError` when it holds no valid start record."""
     path = Path(path)
     parsed = list(_lines(path))
-    problems: list[str] = []
-
-    def bad(no: int, why: str) -> None:
-        problems.append(f"line {no}: {why}")
-
+    skipped, problems = 0, list[str]()
     start: Start | None = None
     for no, rec in parsed:
         if isinstance(rec, dict) and rec.get("type") == "start":
@@ -309,11 +307,13 @@ def read_log(path: str | os.PathLike) -> Log:
             else:
                 raise _Bad(f"unknown record type {str(kind)[:40]!r}")
         except _Bad as e:
-            bad(no, str(e))
+            skipped += 1
+            if len(problems) < MAX_PROBLEMS:
+                problems.append(f"line {no}: {e}")
     steps.sort(key=lambda s: s.step)  # stable: a repeated step keeps the order it was written in
     findings = {**first, **final}
     return Log(path=path, start=start, steps=steps, losses=[LossRecord(s, losses[s]) for s in sorted(losses)],
-               findings=list(findings.values()), ended=ended, skipped=len(problems), problems=problems[:MAX_PROBLEMS])
+               findings=list(findings.values()), ended=ended, skipped=skipped, problems=problems)
 
 
 def read_runs(log_dir: str | os.PathLike) -> tuple[list[Log], list[str]]:
