@@ -16,6 +16,7 @@ import torch
 
 import nnprobe
 from fixtures import models as Z
+from nnprobe.report.logfile import log_files
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
@@ -131,8 +132,8 @@ def test_ddp_stats_merge_exactly_and_rank0_reports(ranks):
     for stat in ("mean", "std", "l2", "min", "max"):
         assert r0[f"w.{stat}"][0] == pytest.approx(getattr(w, stat), rel=1e-6)
     # only rank 0 writes the log
-    log0 = tmp_path / "log0" / "nnprobe.jsonl"
-    assert log0.exists() and not (tmp_path / "log1").exists()
+    (log0,) = log_files(tmp_path / "log0")
+    assert not (tmp_path / "log1").exists()
     with open(log0) as fh:
         recs = [json.loads(line) for line in fh]
     assert recs[0]["world_size"] == 2 and recs[-1]["type"] == "end"

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 pl = pytest.importorskip("pytorch_lightning")
 
 from nnprobe.integrations.lightning import NnprobeCallback  # noqa: E402
+from nnprobe.report.logfile import log_files  # noqa: E402
 
 
 class Classifier(pl.LightningModule):
@@ -49,7 +50,7 @@ def test_callback_watches_a_clean_run_silently_and_removes_its_hooks(tmp_path):
     assert len(cb.probe.losses()[0]) == 16  # 2 epochs x 8 batches, every loss seen
     assert not [f for f in cb.probe.findings if f.severity in ("error", "warning")], cb.probe.findings
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
-    assert (tmp_path / "log" / "nnprobe.jsonl").exists()
+    assert len(log_files(tmp_path / "log")) == 1
 
 
 def test_callback_catches_a_planted_mistake(tmp_path):

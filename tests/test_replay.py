@@ -38,7 +38,7 @@ def test_check_command_prints_the_findings_and_exits_1_when_serious(tmp_path, ca
 
 def test_check_refuses_what_is_not_a_log(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 2
-    (tmp_path / "old.jsonl").write_text(json.dumps({"type": "start", "rows": []}) + "\n")
+    (tmp_path / "nnprobe.jsonl").write_text(json.dumps({"type": "start", "fields": ["count"], "rows": []}) + "\n")
     assert main(["check", str(tmp_path)]) == 2
     assert "no plan" in capsys.readouterr().err
 
@@ -46,7 +46,8 @@ def test_check_refuses_what_is_not_a_log(tmp_path, capsys):
 def test_replay_sees_every_step_figure_kind(tmp_path):
     """A run with learning-rate changes, events and a forced sample: the replayed figures equal
     the live ones field by field."""
-    from nnprobe.replay import figures_from_records
+    from nnprobe.report.logfile import read_runs
+    from nnprobe.replay import figures_of
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))
@@ -65,8 +66,8 @@ def test_replay_sees_every_step_figure_kind(tmp_path):
             if i % 10 == 9:
                 with torch.no_grad():
                     model(x)  # an evaluation in train mode: an event
-    records = [json.loads(line) for p in tmp_path.glob("*.jsonl") for line in p.read_text().splitlines()]
-    _, replayed = figures_from_records(records)
+    (log,), _ = read_runs(tmp_path)
+    _, replayed = figures_of(log)
     live_by_step = {f.step: f for f in live}
     for r in replayed:
         f = live_by_step[r.step]

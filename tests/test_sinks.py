@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,12 +17,14 @@ import torch.nn.functional as F
 
 import nnprobe
 from fixtures import models as Z
+from nnprobe.report.logfile import log_files, new_log_name, read_runs
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
-
-def read_jsonl(path):
+def read_jsonl(log_dir):
+    """The records of the one log file in `log_dir`."""
+    (path,) = log_files(log_dir)
     with open(path) as fh:
         return [json.loads(line) for line in fh]
 
@@ -38,7 +41,7 @@ def train_with_bug(tmp_path, **kw):
 
 def test_jsonl_log_is_complete(tmp_path):
     probe = train_with_bug(tmp_path, console=False)
-    recs = read_jsonl(tmp_path / "nnprobe.jsonl")
+    recs = read_jsonl(tmp_path)
     start, end = recs[0], recs[-1]
     assert start["type"] == "start" and start["version"] == 1 and start["model"] == "Sequential"
     assert start["fields"][:11] == list(nnprobe.STATS_FIELDS) and start["fields"][11:] == ["dead", "saturated", "ratio"]
@@ -78,7 +81,7 @@ def test_sparse_sampling_still_logs_every_loss(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with nnprobe.watch(model, opt, every=50, log_dir=str(tmp_path), console=False):
         Z.train(model, opt, Z.batches(*Z.digits()), 230)
-    recs = read_jsonl(tmp_path / "nnprobe.jsonl")
+    recs = read_jsonl(tmp_path)
     assert [r["step"] for r in recs if r["type"] == "step"] == [0, 50, 100, 150, 200]
     losses = [s for r in recs if r["type"] in ("step", "losses") for s, _ in r["losses"]]
     assert losses == list(range(230))
@@ -109,7 +112,7 @@ def test_a_killed_run_leaves_a_readable_log(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-    recs = read_jsonl(tmp_path / "nnprobe.jsonl")  # every line parses: no half-written record
+    recs = read_jsonl(tmp_path)  # every line parses: no half-written record
     assert recs[0]["type"] == "start"
     assert [r["step"] for r in recs if r["type"] == "step"][:5] == [0, 2, 4, 6, 8]
 
@@ -161,3 +164,54 @@ def test_a_failing_sink_does_not_stop_training(tmp_path, caplog):
         S.JsonlSink.record = orig
     assert probe.steps == 12
     assert any("JsonlSink" in r.getMessage() for r in caplog.records)
+
+
+def test_two_probes_on_one_log_dir_lose_nothing(tmp_path):
+    """Two probes writing to one log_dir at the same time (before: both opened nnprobe.jsonl with
+    "w", and the second truncated the first)."""
+    torch.manual_seed(0)
+    runs = {}
+    for name, steps in (("a", 10), ("b", 7)):
+        model = Z.mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        runs[name] = (model, opt, steps, nnprobe.watch(model, opt, every=1, log_dir=str(tmp_path), console=False))
+    data = Z.batches(*Z.digits())
+    for step in range(10):  # interleaved: a step of one, then a step of the other
+        for model, opt, steps, probe in runs.values():
+            if step < steps:
+                Z.train(model, opt, data, 1, probe=probe)
+    for *_, probe in runs.values():
+        probe.close()
+    files = log_files(tmp_path)
+    assert len(files) == 2 and all(p.name.startswith("nnprobe-") and p.suffix == ".jsonl" for p in files)
+    for p in files:  # each file whole: every line its own record, start first and end last
+        recs = [json.loads(line) for line in p.read_text().splitlines()]
+        assert recs[0]["type"] == "start" and recs[-1]["type"] == "end"
+    logs, unusable = read_runs(tmp_path)
+    assert unusable == [] and all(log.skipped == 0 and log.ended for log in logs)
+    assert sorted(len(log.steps) for log in logs) == [7, 10]
+    for log in logs:
+        n = len(log.steps)
+        assert [s.step for s in log.steps] == list(range(n))
+        assert [r.step for r in log.losses] == list(range(n))
+
+
+def test_a_legacy_single_file_log_is_still_read_and_comes_first(tmp_path):
+    train_with_bug(tmp_path, console=False)
+    (new,) = log_files(tmp_path)
+    new.rename(tmp_path / "nnprobe.jsonl")  # what versions before one-file-per-probe wrote
+    train_with_bug(tmp_path, console=False)
+    files = log_files(tmp_path)
+    assert files[0].name == "nnprobe.jsonl" and files[1].name.startswith("nnprobe-")
+    logs, _ = read_runs(tmp_path)
+    assert [len(log.steps) for log in logs] == [12, 12]
+    assert all([f.code for f in log.findings] == ["probabilities-into-loss"] for log in logs)
+
+
+def test_log_file_names_sort_in_start_order_and_never_collide():
+    names = [new_log_name() for _ in range(200)]
+    pattern = re.compile(rf"nnprobe-(\d{{8}}T\d{{6}}\.\d{{6}}Z)-{os.getpid()}-[0-9a-f]{{6}}\.jsonl")
+    assert all(pattern.fullmatch(n) for n in names), names[0]
+    times = [pattern.fullmatch(n).group(1) for n in names]
+    assert times == sorted(times)  # a name made later never sorts before an earlier one
+    assert len(set(names)) == 200  # the same microsecond still gives two names (pid and random part)

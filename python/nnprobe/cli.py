@@ -57,12 +57,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import load_log, render
 
+    # whatever the log holds, the answer is a page or a one-line error, never a traceback
     try:
-        run = load_log(args.log_dir)
-    except (FileNotFoundError, ValueError) as e:
+        run = load_log(args.log_dir, args.run)
+        page = render(run, args.output)
+    except (OSError, ValueError) as e:  # no log, no usable run (LogError), an unwritable output
         print(f"nnprobe report: {e}", file=sys.stderr)
         return 2
-    page = render(run, args.output)
+    if run.skipped:
+        print(f"nnprobe report: warning: skipped {run.skipped} malformed line(s) of {run.source}", file=sys.stderr)
+    for problem in run.problems:
+        print(f"  {problem}", file=sys.stderr)
+    if run.others and args.run is None:
+        print(f"nnprobe report: {len(run.others) + 1} runs in {args.log_dir}; the report shows the latest, "
+              f"{run.source} (--run NAME for another: {', '.join(run.others)})", file=sys.stderr)
     print(page)
     return 0
 
@@ -71,8 +79,8 @@ def _check(args: argparse.Namespace) -> int:
     from .replay import judge_log
 
     try:
-        findings = judge_log(args.log_dir)
-    except (FileNotFoundError, ValueError) as e:
+        findings = judge_log(args.log_dir, args.run)
+    except (OSError, ValueError) as e:
         print(f"nnprobe check: {e}", file=sys.stderr)
         return 2
     for f in findings:
@@ -118,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=150)
     d.add_argument("--quiet", action="store_true", help="no live findings, progress bar or summary")
     r = sub.add_parser("report", help="write the HTML report of a watched run's log directory")
-    r.add_argument("log_dir")
+    r.add_argument("log_dir", help="the log_dir given to nnprobe.watch (or one log file in it)")
     r.add_argument("-o", "--output", default="report.html")
+    r.add_argument("--run", default=None, metavar="NAME",
+                   help="which run when the log_dir holds several: its file name or a unique part of it (default: the latest)")
     c = sub.add_parser("check", help="judge a finished run again from its log, with today's checks")
-    c.add_argument("log_dir")
+    c.add_argument("log_dir", help="the log_dir given to nnprobe.watch (or one log file in it)")
+    c.add_argument("--run", default=None, metavar="NAME", help="which run when the log_dir holds several (default: the latest)")
     e = sub.add_parser("explain", help="what a finding code means, why it hurts, how to fix it")
     e.add_argument("code", nargs="?", default=None)
     b = sub.add_parser("bench", help="run the benchmarks in benches/ (from a clone)")

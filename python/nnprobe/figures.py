@@ -135,6 +135,7 @@ class Sampled:
     dead_below: set[int] = field(default_factory=set)
     judged: bool = True
     hists: dict[int, np.ndarray] = field(default_factory=dict)  # row -> log2|x| counts, on some steps
+    units: dict[int, str] = field(default_factory=dict)  # rows whose output a functional relu/tanh/sigmoid took
 
 
 @dataclass
@@ -164,6 +165,8 @@ class StepFigures:
             out["grad_order"] = list(s.grad_order)
             if s.dead_below:
                 out["dead_below"] = sorted(s.dead_below)
+            if s.units:
+                out["units"] = {str(k): v for k, v in s.units.items()}
             if not s.judged:
                 out["judged"] = False
         if not out:

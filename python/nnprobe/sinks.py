@@ -1,8 +1,11 @@
 """Where a probe's findings and figures go: the console, a JSON Lines log, TensorBoard.
 
-JSON Lines log (`<log_dir>/nnprobe.jsonl`, written by rank 0, flushed after every record so a
-killed process leaves a readable file; `nnprobe report LOG_DIR` reads it). One JSON object per
-line, each with a "type":
+JSON Lines log (written by rank 0, flushed after every record so a killed process leaves a
+readable file; `nnprobe report LOG_DIR` reads it, through `nnprobe.report.logfile`). Each probe
+writes its own file, `<log_dir>/nnprobe-<UTC start time>-<pid>-<random>.jsonl`, created
+exclusively, so that two probes given the same `log_dir` (a rerun, two models in one script)
+never truncate or interleave each other's records; versions before that wrote one
+`nnprobe.jsonl`, which readers still accept. One JSON object per line, each with a "type":
 
 - "start" (first line): `version` (1), `time` (Unix seconds), `model` (class name), `every`,
   `overhead`, `world_size`, `device_stats`, `fields` (the figures of a row, in order: count, nan,
@@ -42,10 +45,10 @@ import numpy as np
 from . import core
 from .figures import FIELDS, Plan, Rows, jsonable as _jsonable, num as _num, num32
 from .findings import Finding
+from .report.logfile import new_log_name
 
 log = logging.getLogger("nnprobe")
 
-JSONL_NAME = "nnprobe.jsonl"
 FORMAT_VERSION = 1
 
 
@@ -108,8 +111,9 @@ class ConsoleSink(Sink):
 class JsonlSink(Sink):
     def __init__(self, log_dir: str) -> None:
         os.makedirs(log_dir, exist_ok=True)
-        self.path = os.path.join(log_dir, JSONL_NAME)
-        self._f = open(self.path, "w", encoding="utf-8")
+        self.path = os.path.join(log_dir, new_log_name())
+        # "x": a name taken by another probe is an error here, never a truncated log there
+        self._f = open(self.path, "x", encoding="utf-8")
         self._rows: Rows | None = None
 
     def _write(self, obj: dict[str, Any]) -> None:
