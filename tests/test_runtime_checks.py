@@ -16,11 +16,12 @@ from fixtures import models as Z
 
 
 
-def watched(model, opt, data, steps, *, every=1, **kw):
-    """Train under a probe; returns the closed probe."""
+def watched(model, opt, data, steps, *, every=1, give_loss=False, **kw):
+    """Train under a probe; returns the closed probe. `give_loss`: hand each step's loss to
+    probe.step() (without it the probe sees the loss on the steps it judges)."""
     torch.manual_seed(0)
     with nnprobe.watch(model, opt, every=every, console=False) as probe:
-        Z.train(model, opt, data, steps, **kw)
+        Z.train(model, opt, data, steps, probe=probe if give_loss else None, **kw)
     return probe
 
 
@@ -184,7 +185,7 @@ def run_inside(how, steps=4):
 def test_probabilities_into_cross_entropy_planted(loss_fn):
     torch.manual_seed(0)
     model = Z.mlp()
-    probe = watched(model, adam(model), digits(), 4, loss_fn=loss_fn, every=1000)
+    probe = watched(model, adam(model), digits(), 4, loss_fn=loss_fn, every="auto")
     (f,) = found(probe, "probabilities-into-loss")
     assert f.severity == "error" and "cross_entropy" in f.message and f.step == 1
 
@@ -202,7 +203,7 @@ def test_probabilities_into_bce_with_logits_planted_and_fixed():
         model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
         loss = nn.BCEWithLogitsLoss()
         fn = (lambda o, t: loss(torch.sigmoid(o).squeeze(1), t)) if bad else (lambda o, t: loss(o.squeeze(1), t))
-        probe = watched(model, adam(model), data, 14, loss_fn=fn, every=1000)
+        probe = watched(model, adam(model), data, 14, loss_fn=fn, every="auto")
         assert bool(found(probe, "probabilities-into-loss")) == bad
         if not bad:
             assert loud(probe) == []
@@ -223,7 +224,7 @@ def test_probabilities_into_loss_fixed():
 def test_logits_into_nll_planted(loss_fn):
     torch.manual_seed(0)
     model = Z.mlp()
-    probe = watched(model, adam(model), digits(), 4, loss_fn=loss_fn, every=1000)
+    probe = watched(model, adam(model), digits(), 4, loss_fn=loss_fn, every="auto")
     (f,) = found(probe, "logits-into-nll")
     assert "nll_loss" in f.message and f.severity == "error"
 
@@ -496,7 +497,7 @@ def test_loss_not_decreasing_planted():
             yield x, torch.randint(0, 10, (len(x),), generator=g)
 
     model = Z.mlp()
-    probe = watched(model, adam(model), shuffled(), 40, every=1000)
+    probe = watched(model, adam(model), shuffled(), 40, every=1000, give_loss=True)  # probe.step(loss=...) every step
     (f,) = found(probe, "loss-not-decreasing")
     assert f.step >= 19
 

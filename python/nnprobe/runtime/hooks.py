@@ -144,6 +144,13 @@ class ZeroGradSentinel:
         self._armed: tuple[Any, int, int] | None = None
         hooks.tensor(param, self._hook)
 
+    def gradient_nonfinite(self) -> bool:
+        """Is this parameter's gradient non-finite now? A non-finite loss makes every gradient so:
+        an every-step check that needs no loss value. On the CPU only (a device would synchronise)."""
+        p = self.param()
+        g = None if p is None else p.grad
+        return g is not None and g.device.type == "cpu" and g.is_floating_point() and not bool(torch.isfinite(g).all())
+
     def arm(self, step: int) -> None:
         p = self.param()
         g = None if p is None else p.grad
@@ -183,6 +190,8 @@ def forward_hook(state: LiveState, owner: torch.nn.Module, act_row: int, grad_ro
             return None  # a copy, an evaluation, or activation-checkpoint recomputation during backward
         t0 = state.clock()
         try:
+            if unit is not None and args:
+                rec.forget_functional(args[0])
             t = first_float_tensor(out)
             if t is not None:
                 if act_row >= 0 and "activations" not in state.off:
@@ -190,6 +199,8 @@ def forward_hook(state: LiveState, owner: torch.nn.Module, act_row: int, grad_ro
                     rec.seen_act(act_row)
                     if unit is not None:
                         rec.unit_stats(act_row, unit, t, pub)
+                    else:
+                        rec.outputs[id(t)] = (act_row, t)  # a functional activation may take it
                 if grad_row >= 0 and t.requires_grad and t.grad_fn is not None and "gradients" not in state.off:
                     t.register_hook(grad_hook(state, rec, grad_row))
         except Exception as e:  # noqa: BLE001

@@ -1,32 +1,34 @@
-"""What a probe sees of the loss: every call of a `torch.nn.functional` loss function while a
-probe is open, whether it comes from a `torch.nn` loss module (they call these functions) or
-straight from user code, inside the model or outside it.
+"""What a probe sees of the loss and of functional activations: a torch function mode (no
+patching of torch's namespace), open on the steps the checks judge.
 
-How: while at least one probe is open, the loss functions in `torch.nn.functional` are replaced
-by thin wrappers (and put back when the last probe closes; a wrapper that someone else has since
-wrapped again is left in place and passes through). The cost is one Python call per loss call,
-plus a check of the input format on a few rows. A torch function mode would also see code that
-imported a loss function by name before the probe opened, but it runs Python on every torch
-operation of the step: far too slow to leave on.
+A function mode sees every call of a `torch.nn.functional` loss (from a `torch.nn` loss module,
+from user code inside the model or outside it, and a function imported by name before or after
+`watch()`) and every `F.relu` / `torch.tanh` / `torch.sigmoid` call inside a forward. It also
+runs Python on every torch operation while it is open (about 2.8 us each, 40% of a small MLP's
+step), so it is open only on judged sampled steps, which already pay for the heavy statistics;
+the loss of the other steps comes from `probe.step(loss=...)`. Which steps those are depends on
+the step count alone, so what it sees does not depend on the machine's speed.
 
-What it hands on: each training loss value (to the probe), and as events for the checks a few
+What it hands on: each training loss value (to the probe); as events for the checks, a few
 figures of the loss inputs ("loss-input": `checks/loss/input_format.py` judges their format)
-and the first training loss with its class count ("loss-init": `checks/loss/at_init.py`).
+and the first training loss with its class count ("loss-init": `checks/loss/at_init.py`); and
+the dead-unit / saturation figures of a watched module whose output a functional relu, tanh or
+sigmoid took (into the sampled step's record, under that module's row).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack, _pop_mode, _push_mode
 
 from .state import LiveState
 from .tensors import Readback
 
-# function -> how its first argument is judged (None: only the value is observed)
+# loss function -> how its first argument is judged (None: only the value is observed)
 TAPPED: dict[str, str | None] = {
     "cross_entropy": "logits",
     "nll_loss": "log-probs",
@@ -38,54 +40,60 @@ TAPPED: dict[str, str | None] = {
     "huber_loss": None,
     "kl_div": None,
 }
+# functional activations whose output says something of the units: dead (relu), saturated
+UNITS: dict[Callable[..., Any], str] = {
+    F.relu: "relu", torch.relu: "relu", torch.Tensor.relu: "relu",
+    torch.tanh: "tanh", F.tanh: "tanh", torch.Tensor.tanh: "tanh",
+    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.Tensor.sigmoid: "sigmoid",
+}
 
 # format checks: every call for the first CHECK_FIRST calls of each function, then one in CHECK_EVERY
 CHECK_FIRST = 100
 CHECK_EVERY = 10
 ROWS = 4  # rows (examples) of the input a format check reads
 
-_observers: list[Any] = []
-_originals: dict[str, Callable[..., Any]] = {}
-_wrappers: dict[str, Callable[..., Any]] = {}
 
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+class FunctionTap(TorchFunctionMode):
+    """The function mode; `open()` and `close()` bracket a judged step."""
 
+    def __init__(self, observer: "LossObserver") -> None:
+        super().__init__()
+        self.observer = observer
+        self._losses = {fn: (name, kind) for name, kind in TAPPED.items() if (fn := getattr(F, name, None)) is not None}
+        self.is_open = False
 
-def _wrap(name: str, kind: str | None, orig: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(orig)
-    def loss_fn(*args: Any, **kwargs: Any) -> Any:
-        out = orig(*args, **kwargs)
-        if _observers and not _is_compiling():
-            for obs in tuple(_observers):
-                obs.observe(name, kind, args, kwargs, out)
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        loss = self._losses.get(func)
+        if loss is not None:
+            self.observer.observe(loss[0], loss[1], args, kwargs, out)
+        else:
+            unit = UNITS.get(func)
+            if unit is not None:
+                self.observer.functional(unit, args, kwargs, out)
         return out
 
-    loss_fn.__nnprobe_original__ = orig  # type: ignore[attr-defined]
-    return loss_fn
+    def open(self) -> None:
+        if not self.is_open:
+            _push_mode(self)
+            self.is_open = True
 
-
-def attach(observer: Any) -> None:
-    if not _observers:
-        for name, kind in TAPPED.items():
-            orig = getattr(F, name, None)
-            if orig is None:
-                continue
-            _originals[name] = orig
-            _wrappers[name] = _wrap(name, kind, orig)
-            setattr(F, name, _wrappers[name])
-    _observers.append(observer)
-
-
-def detach(observer: Any) -> None:
-    if observer in _observers:
-        _observers.remove(observer)
-    if not _observers:
-        for name, orig in list(_originals.items()):
-            if getattr(F, name, None) is _wrappers.get(name):
-                setattr(F, name, orig)
-            # else: someone wrapped our wrapper; it passes through with no observer
-        _originals.clear()
-        _wrappers.clear()
+    def close(self) -> None:
+        """Leave the mode stack, also when other modes were pushed above it since (they stay)."""
+        if not self.is_open:
+            return
+        self.is_open = False
+        if not any(m is self for m in _get_current_function_mode_stack()):
+            return
+        above = []
+        while True:
+            top = _pop_mode()
+            if top is self:
+                break
+            above.append(top)
+        for m in reversed(above):
+            _push_mode(m)
 
 
 def _input_and_reduction(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
@@ -174,6 +182,18 @@ class LossObserver:
                 self.resolve()
         except Exception as e:  # noqa: BLE001 - diagnostics never break training
             st.fail("loss observation", e)
+
+    def functional(self, unit: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """A functional relu/tanh/sigmoid on a watched module's output: its units' figures, under
+        that module's row."""
+        st = self._state
+        rec = st.record
+        if rec is None or st.busy or st.closed or not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
+            return
+        try:
+            rec.functional_unit(args[0] if args else kwargs.get("input"), unit, out)
+        except Exception as e:  # noqa: BLE001 - diagnostics never break training
+            st.fail("functional activations", e)
 
     def resolve(self, wait: bool = False) -> None:
         """Hand the figures that have reached the host to the checks, as events."""

@@ -90,8 +90,8 @@ class Probe:
         self._history: History = History(w.plan.rows)
         self._judge = Judge(w.plan) if checks else None
         self._schedule = Schedule(every, float(overhead), self._dist)
-        self._loss_tap = loss_tap
         self._loss_obs = loss_tap.LossObserver(st)
+        self._tap = loss_tap.FunctionTap(self._loss_obs)
         self._figs = StepFigures(0)
         self._open: deque[StepFigures] = deque()  # ended, not judged yet
         self._pending: deque[tuple[StepFigures, Collected]] = deque()  # sampled, figures on their way
@@ -122,11 +122,9 @@ class Probe:
             self._hooks.forward_pre(model, hooks.root_pre_hook(st, model, w.sensitive), with_kwargs=True)
             if opts:
                 self._hooks.optimizer(opts[0], _weak(ref, "_on_step_pre"), _weak(ref, "_on_step_post"))
-            loss_tap.attach(self._loss_obs)
             atexit.register(self._atexit)
-            # a probe dropped without close(): its hooks and loss tap go with it
-            self._finalizer = weakref.finalize(self, _release, st, [self._hooks, self._sampled_hooks], loss_tap,
-                                               self._loss_obs)
+            # a probe dropped without close(): its hooks and function mode go with it
+            self._finalizer = weakref.finalize(self, _release, st, [self._hooks, self._sampled_hooks], self._tap)
             self._begin_step()
         except BaseException:
             self.close()  # a half-made probe leaves nothing behind
@@ -146,6 +144,8 @@ class Probe:
         from .record import StepRecord
 
         st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=sch.take_hist(), judged=judged)
+        if judged:
+            self._tap.open()
         for m, fn in zip(self._w.modules, self._fwd_hooks):
             if m.act_row >= 0 or m.grad_row >= 0:
                 self._sampled_hooks.forward(m.module, fn)
@@ -175,6 +175,12 @@ class Probe:
         st, figs = self._state, self._figs
         s = st.step
         late = self._take_loss(s, before_update=True)
+        if not late and self._sentinel is not None and self._sentinel.gradient_nonfinite():
+            # no loss seen this step, or a finite one: a non-finite gradient says it all the same
+            self._on_nonfinite_loss(s, math.nan, before_update=True, what="its gradient is non-finite")
+            late = True
+            if not self._dist:
+                self._schedule.force_next = True
         self._resolve_device_losses(s)
         w = self._w
         if w.train_sensitive and not any(m.training for _, m in w.train_sensitive):
@@ -225,12 +231,14 @@ class Probe:
         st, figs = self._state, self._figs
         if st.checks_on and "zero_grad check" not in st.off:
             self._arm_sentinel(s)
+        self._tap.close()
         rec = st.record
         if rec is not None:
             st.record = None
             self._sampled_hooks.remove()
             self._pending.append((figs, rec.collect(self._w.n_aux)))
             rec.closed = True
+            rec.outputs.clear()  # the step's activations, kept for functional units: let them go
         figs.events, st.events = st.events, []
         self._open.append(figs)
         self._finish_pending(s)
@@ -280,19 +288,20 @@ class Probe:
             self._schedule.force_next = True
         return late
 
-    def _on_nonfinite_loss(self, step: int, value: float, *, before_update: bool) -> None:
+    def _on_nonfinite_loss(self, step: int, value: float, *, before_update: bool, what: str | None = None) -> None:
         st = self._state
         if not st.checks_on or self._nonfinite_step == step:
             return
         self._nonfinite_step = step
+        loss = what or str(value)
         if self._located >= LOCATE_MAX:
-            st.event("nonfinite-loss", loss=str(value), before_update=before_update, module=None, message="", data={})
+            st.event("nonfinite-loss", loss=loss, before_update=before_update, module=None, message="", data={})
             return
         self._located += 1
         from .locate import locate
 
         where, msg, data = locate(self._w.model, list(st.inputs), st, self.plan)
-        st.event("nonfinite-loss", loss=str(value), before_update=before_update, module=where, message=msg, data=data)
+        st.event("nonfinite-loss", loss=loss, before_update=before_update, module=where, message=msg, data=data)
 
     def _set_loss(self, step: int, value: float) -> None:
         """A loss that arrived after its step ended (probe.step after optimizer.step, a device
@@ -359,7 +368,7 @@ class Probe:
         if self._dist and rec.hist:
             hists = self._distributed.merge_hist(hists, R, self._w.replicated[:R])
         figs.sampled = Sampled(mat.astype(np.float32), list(rec.act_order), list(rec.grad_order), set(rec.dead_below),
-                               judged=rec.judged, hists=hists)
+                               judged=rec.judged, hists=hists, units=dict(rec.units))
 
     def _seal(self, upto: int, wait: bool = False) -> None:
         """Judge the ended steps before `upto` whose figures are all on the host, in step order."""
@@ -456,8 +465,7 @@ class Probe:
         if finalizer is not None:
             finalizer()  # removes the hooks and the loss tap now
         else:
-            _release(st, [getattr(self, "_hooks", None), getattr(self, "_sampled_hooks", None)], self._loss_tap,
-                     getattr(self, "_loss_obs", None))
+            _release(st, [getattr(self, "_hooks", None), getattr(self, "_sampled_hooks", None)], getattr(self, "_tap", None))
         st.record = None
         st.inputs = []  # let the last batch go
         self._params.snapshot = []
@@ -566,11 +574,11 @@ def _weak(ref: weakref.ReferenceType[Probe], method: str) -> Callable[..., None]
     return hook
 
 
-def _release(state: Any, hooksets: list[Any], loss_tap: Any, observer: Any) -> None:
-    """Remove a probe's hooks and loss tap; holds no reference to the probe (its finalizer)."""
+def _release(state: Any, hooksets: list[Any], tap: Any) -> None:
+    """Remove a probe's hooks and function mode; holds no reference to the probe (its finalizer)."""
     state.closed = True
     for hs in hooksets:
         if hs is not None:
             hs.remove()
-    if observer is not None:
-        loss_tap.detach(observer)
+    if tap is not None:
+        tap.close()

@@ -50,6 +50,8 @@ class StepRecord:
         self.alive: dict[int, torch.Tensor] = {}  # ReLU row -> per-unit "was ever non-zero"
         self.dead_known: dict[int, bool] = {}  # ReLU row -> every call was checked per unit
         self.dead_below: set[int] = set()  # ReLU rows with too few zeros to have many dead units
+        self.units: dict[int, str] = {}  # rows whose output a functional relu/tanh/sigmoid took
+        self.outputs: dict[int, tuple[int, torch.Tensor]] = {}  # id(output) -> (row, output) of watched modules
         self.hists: dict[int, np.ndarray] = {}
         self.act_order: list[int] = []
         self.grad_order: list[int] = []
@@ -190,6 +192,24 @@ class StepRecord:
         else:
             self.dead_known[row] = False
 
+    def functional_unit(self, x: Any, unit: str, out: torch.Tensor) -> None:
+        """`out = relu/tanh/sigmoid(x)` called as a function: when `x` is a watched module's
+        output, its units are judged under that module's row."""
+        entry = self.outputs.get(id(x))
+        if entry is None or entry[1] is not x:
+            return
+        row = entry[0]
+        self.units[row] = unit
+        self.unit_stats(row, unit, out, None)
+
+    def forget_functional(self, x: Any) -> None:
+        """A ReLU/Tanh/Sigmoid *module* took `x`: its own row judges the units, not the producer's."""
+        entry = self.outputs.get(id(x))
+        if entry is not None and entry[1] is x and self.units.pop(entry[0], None) is not None:
+            row = entry[0]
+            for table in (self.alive, self.dead_known, self.sat):
+                table.pop(row, None)
+
     # ---- merging
     def collect(self, n_aux: int) -> "Collected":
         """Start the merge; device figures are copied to the host without blocking."""
@@ -281,7 +301,7 @@ def figures_matrix(moments: np.ndarray, sat: np.ndarray, dead: np.ndarray, rec: 
     mat = np.full((R, NF), np.nan)
     mat[present, :NFIELDS] = pub[:R][present]
     fin = moments[:R, COUNT] - moments[:R, NAN] - moments[:R, INF]
-    for row, unit in units:
+    for row, unit in [*units, *rec.units.items()]:
         if unit is None or row < 0 or not present[row]:
             continue
         if unit == "relu":

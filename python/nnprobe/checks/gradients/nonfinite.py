@@ -25,7 +25,9 @@ class NonFinite(Check):
             if e.kind == "nonfinite-loss":
                 d = e.data
                 when = "" if d.get("before_update", True) else " (after the update: the origin may be an earlier step's gradient)"
-                yield Raised("non-finite", f"the loss is {d.get('loss')} at step {figs.step}; {d.get('message', '')}{when}",
+                what = d.get("loss")
+                what = f"is {what}" if what in ("nan", "inf", "-inf") else f"{what}" if what else "is not finite"
+                yield Raised("non-finite", f"the loss {what} at step {figs.step}; {d.get('message', '')}{when}",
                              d.get("module"), figs.step, {"loss": d.get("loss"), "phase": "forward", **d.get("data", {})})
                 return
         s = figs.sampled

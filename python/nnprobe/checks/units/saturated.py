@@ -29,7 +29,9 @@ class SaturatedActivations(Check):
     def judge(self, figs: StepFigures) -> Iterable[Raised]:
         s = figs.sampled
         assert s is not None
-        for i, unit in self._rows:
+        known = {i for i, _ in self._rows}
+        functional = [(i, u) for i, u in s.units.items() if u in ("tanh", "sigmoid") and i not in known]
+        for i, unit in self._rows + functional:
             sat = s.mat[i, SATURATED]
             if np.isnan(sat):
                 continue
@@ -37,6 +39,7 @@ class SaturatedActivations(Check):
             if n >= SAT_STEPS:
                 module = self.run.rows[i].module
                 where = "beyond +-0.97" if unit == "tanh" else "below 0.03 or above 0.97"
-                yield Raised("saturated-activations", f"{sat:.0%} of the outputs of {self.run.label(module)} ({unit}) are "
+                what = self.run.label(module) + (f" through a functional {unit}" if i in s.units else "")
+                yield Raised("saturated-activations", f"{sat:.0%} of the outputs of {what} are "
                              f"{where}, {n} sampled steps in a row (flagged above {SAT_FRACTION:.0%})",
                              module, figs.step, {"saturated_fraction": float(sat), "steps_in_a_row": n})
