@@ -79,8 +79,8 @@ def test_sparse_sampling_still_logs_every_loss(tmp_path):
     torch.manual_seed(0)
     model = Z.mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with nnprobe.watch(model, opt, every=50, log_dir=str(tmp_path), console=False):
-        Z.train(model, opt, Z.batches(*Z.digits()), 230)
+    with nnprobe.watch(model, opt, every=50, log_dir=str(tmp_path), console=False) as probe:
+        Z.train(model, opt, Z.batches(*Z.digits()), 230, probe=probe)  # probe.step(loss=...) every step
     recs = read_jsonl(tmp_path)
     assert [r["step"] for r in recs if r["type"] == "step"] == [0, 50, 100, 150, 200]
     losses = [s for r in recs if r["type"] in ("step", "losses") for s, _ in r["losses"]]

@@ -69,10 +69,6 @@ def test_resnet18_batchnorm():
     assert_silent(run)
 
 
-# nnprobe's own hooks are traced by dynamo today and warn there (test_compiled_adds_no_graph_breaks):
-# these two filters keep that defect apart from the findings judged here
-@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace the builtin `nnprobe._core:UserWarning")
-@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
 def test_compiled_aot_eager():
     task = digits_task(MLP)
     task.model = cast(torch.nn.Module, torch.compile(task.model, backend="aot_eager"))
@@ -109,8 +105,6 @@ def _compiled_counts(watched: bool) -> tuple[int, int, list[str]]:
     return breaks, graphs, sorted({str(w.message).split(".")[0] for w in caught})
 
 
-@pytest.mark.xfail(strict=True, reason="watch() on a compiled model: dynamo traces nnprobe's forward hooks (17 graph "
-                   "breaks and 27 graphs instead of 0 and 1; warnings from tracing nnprobe._core)")
 def test_compiled_adds_no_graph_breaks():
     # SPEC section 7: a watched compiled run has no more graph breaks or recompilations than the
     # same run unwatched. Measured (also with torch.compile after watch): bare 0 breaks, 1 graph,

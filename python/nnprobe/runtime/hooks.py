@@ -95,12 +95,18 @@ def root_pre_hook(state: LiveState, root: torch.nn.Module, sensitive: list[tuple
     (for locating a non-finite loss later) and counts itself; a forward without grad is an
     evaluation, whose Dropout/BatchNorm should be in eval mode."""
     is_grad_enabled = torch.is_grad_enabled
+    is_compiling = torch.compiler.is_compiling
 
     def hook(module: Any, args: Any, kwargs: Any) -> None:
+        if is_compiling():
+            # traced into a compiled graph (model.compile(), or torch.compile after watch): do nothing
+            # there; the probe sees the flag and keeps every hook out of the graph from then on
+            state.traced = True
+            return None
         if module is not root:
             _forget(module, hook)  # a deepcopy of the watched model (an EMA copy): take the hook off it
             return None
-        if state.closed or state.busy:
+        if state.closed or state.busy or state.rerun:
             return None
         if is_grad_enabled():
             if state.fwd_grad == 0:
@@ -180,14 +186,18 @@ def forward_hook(state: LiveState, owner: torch.nn.Module, act_row: int, grad_ro
     """Reduces a module's output at once (an in-place op may rewrite it later) and puts a hook on
     its gradient."""
     in_backward = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+    is_compiling = torch.compiler.is_compiling
 
     def hook(module: Any, args: Any, out: Any) -> None:
+        if is_compiling():  # traced into a compiled graph: stay out of it (see root_pre_hook)
+            state.traced = True
+            return None
         if module is not owner:
             _forget(module, hook)  # a deepcopy of the watched model: take the hook off it
             return None
         rec = state.record
-        if rec is None or state.busy or not torch.is_grad_enabled() or in_backward() != -1:
-            return None  # a copy, an evaluation, or activation-checkpoint recomputation during backward
+        if rec is None or state.busy or not (state.rerun or torch.is_grad_enabled()) or in_backward() != -1:
+            return None  # an evaluation, or activation-checkpoint recomputation during backward
         t0 = state.clock()
         try:
             if unit is not None and args:

@@ -1,11 +1,18 @@
-"""Where did NaN/Inf first appear? Re-run the step's saved inputs under no_grad, module by
-module, and name the first module whose output is non-finite while its inputs are finite. Done
-before the optimizer applies the step; RNG state and buffers (BatchNorm running statistics) are
-restored afterwards, so training is unchanged."""
+"""Re-running a step's saved inputs under no_grad, outside the training step and outside any
+compiled graph, with the RNG state and the buffers (BatchNorm running statistics) restored
+afterwards so that training is unchanged:
+
+- `locate`: where did NaN/Inf first appear? The first module whose output is non-finite while
+  its inputs are finite. Done before the optimizer applies the step.
+- `rerun`: the activation figures of a compiled model on a judged step. Hooks inside a compiled
+  graph are traced (graph breaks, recompilations), so a compiled model gets none; this eager
+  forward of its original modules, with hooks added and removed around it, takes their place.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -32,28 +39,11 @@ def locate(model: torch.nn.Module, inputs: list[tuple[Any, Any]], state: LiveSta
         if not found and not _finite(out):
             found.append((names.get(id(m), type(m).__name__), _finite(a)))
 
-    hs = HookSet()
-    for m in model.modules():
-        hs.forward(m, hook)
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    state.busy = True
-    try:
+    with _replaying(model, state, [(m, hook) for m in model.modules()], busy=True):
         for args, kwargs in inputs:
-            with torch.no_grad():
-                model(*args, **kwargs)
+            model(*args, **kwargs)
             if found:
                 break
-    finally:
-        state.busy = False
-        hs.remove()
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
     if not found:
         return None, "every module's output is finite on a re-run: the loss computation itself made it", {"origin": "loss"}
     name, inputs_finite = found[0]
@@ -63,3 +53,38 @@ def locate(model: torch.nn.Module, inputs: list[tuple[Any, Any]], state: LiveSta
     if bad_w:
         msg += "; its weights are already non-finite (a non-finite gradient or update at an earlier step)"
     return name, msg, {"origin": "weights" if bad_w else "forward", "inputs_finite": inputs_finite}
+
+
+def rerun(model: torch.nn.Module, inputs: list[tuple[Any, Any]], state: LiveState,
+          hooks: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
+    """One eager no-grad forward of the step's first inputs with `hooks` on (they see
+    `state.rerun` set and reduce what they see into the step's record)."""
+    if not inputs:
+        return
+    args, kwargs = inputs[0]
+    with _replaying(model, state, hooks, busy=False):
+        model(*args, **kwargs)
+
+
+@contextmanager
+def _replaying(model: torch.nn.Module, state: LiveState, hooks: list[tuple[torch.nn.Module, Callable[..., Any]]],
+               *, busy: bool) -> Iterator[None]:
+    hs = HookSet()
+    for m, fn in hooks:
+        hs.forward(m, fn)
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    state.busy, state.rerun = busy, not busy
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        state.busy = state.rerun = False
+        hs.remove()
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)

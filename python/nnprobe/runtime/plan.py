@@ -55,8 +55,31 @@ class Watched:
         return len(self.update_rows)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DDP/DataParallel and torch.compile wrappers."""
+    while True:
+        if type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def compiled(model: nn.Module) -> bool:
+    """torch.compile(model) or model.compile() (on it or on a wrapper around it)."""
+    m = model
+    while True:
+        if type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None:
+            return True
+        inner = getattr(m, "module", None) if type(m).__name__ in ("DistributedDataParallel", "DataParallel") else None
+        if not isinstance(inner, nn.Module):
+            return any(getattr(sub, "_compiled_call_impl", None) is not None for sub in unwrap(model).modules())
+        m = inner
+
+
 def make(model: nn.Module, optimizers: list[torch.optim.Optimizer], want: dict[str, bool]) -> Watched:
-    inner = model.module if type(model).__name__ in ("DistributedDataParallel", "DataParallel") else model
+    inner = unwrap(model)
     named = [(name or ROOT, m) for name, m in inner.named_modules()]
     types = {name: type(m).__name__ for name, m in named}
     rows = Rows()

@@ -85,6 +85,7 @@ class Probe:
         self._w = w = plan.make(model, opts, {"activations": activations, "gradients": gradients, "weights": weights,
                                                "updates": updates})
         self.plan: Plan = w.plan
+        self._compiled_at_start = plan.compiled(model)
         self._params = ParamFigures(w, st)
         self._learning_rates = plan.learning_rates
         self._history: History = History(w.plan.rows)
@@ -130,6 +131,10 @@ class Probe:
             self.close()  # a half-made probe leaves nothing behind
             raise
 
+    @property
+    def _compiled(self) -> bool:
+        return self._compiled_at_start or self._state.traced
+
     # ================================================================== the step
     def _begin_step(self) -> None:
         """Before the forward of the step: arm the sampled-step hooks if it is sampled."""
@@ -144,11 +149,14 @@ class Probe:
         from .record import StepRecord
 
         st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=sch.take_hist(), judged=judged)
-        if judged:
-            self._tap.open()
-        for m, fn in zip(self._w.modules, self._fwd_hooks):
-            if m.act_row >= 0 or m.grad_row >= 0:
-                self._sampled_hooks.forward(m.module, fn)
+        if self._compiled:
+            pass  # nothing enters the compiled graph: activations come from an eager re-run (_rerun)
+        else:
+            if judged:
+                self._tap.open()
+            for m, fn in zip(self._w.modules, self._fwd_hooks):
+                if m.act_row >= 0 or m.grad_row >= 0:
+                    self._sampled_hooks.forward(m.module, fn)
         if not self._opts:
             # no optimizer: the step is probe.step(); weights and update samples are taken now,
             # gradients at their last accumulation (loops often clear them before probe.step)
@@ -203,6 +211,21 @@ class Probe:
             rec = st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=False, judged=True)
         if rec is not None:
             self._params.weights(rec)
+            self._rerun(rec)
+
+    def _rerun(self, rec: StepRecord) -> None:
+        """A compiled model's activations, by an eager no-grad forward outside its graph (before the
+        update: the weights are those the step's forward used)."""
+        st = self._state
+        if not self._compiled or "activations" in st.off or not st.inputs:
+            return
+        from .locate import rerun
+
+        hooks = [(m.module, fn) for m, fn in zip(self._w.modules, self._fwd_hooks) if m.act_row >= 0]
+        try:
+            rerun(self._w.model, list(st.inputs), st, hooks)
+        except Exception as e:  # noqa: BLE001
+            st.fail("activations", e)
 
     def _on_step_post(self, opt: Any, args: Any, kwargs: Any) -> None:
         st = self._state
@@ -441,6 +464,7 @@ class Probe:
             rec = st.record
             if rec is not None:
                 self._params.updates(rec)
+                self._rerun(rec)
             self._end_step(s)
             self._seal(st.step)
             st.charge(st.clock() - t0, rec)

@@ -25,6 +25,8 @@ class LiveState:
         self.clock: Callable[[], float] = clock or time.perf_counter
         self.step = 0
         self.busy = False  # the probe itself runs the model (locating a NaN): hooks stay out
+        self.rerun = False  # the probe re-runs a compiled model's forward eagerly: forward hooks take it
+        self.traced = False  # the root hook ran inside a compiled graph
         self.closed = False
         self.checks_on = True
         self.off: set[str] = set()  # parts switched off after an internal failure
