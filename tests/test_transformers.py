@@ -132,11 +132,12 @@ def test_clean_run_is_silent_removes_every_hook_and_writes_the_report(tmp_path):
     model = TinyClassifier(TinyConfig())
     before = hooks_of(model)
     cb = NnprobeCallback(console=False)
-    trainer = fit(model, tmp_path, cb, epochs=3)
+    trainer = fit(model, tmp_path, cb, epochs=3, logging_steps=1)
     probe = cb.probe
     assert probe.steps == trainer.state.global_step == 48  # a probe step is an optimizer step
     steps, losses = probe.losses()
-    assert list(steps) == list(range(48))  # every step's loss seen
+    # every step's loss: the model's loss calls on the sampled steps, the Trainer's log from the second on
+    assert set(range(1, 48)) <= set(steps.tolist())
     assert np.median(losses[-8:]) < 0.7 * losses[0]  # and it learns
     assert not serious(probe), probe.findings
     # closed: the model, its parameters, the optimizer and the Trainer are as before
@@ -147,7 +148,7 @@ def test_clean_run_is_silent_removes_every_hook_and_writes_the_report(tmp_path):
     assert not nnprobe_modes()  # the loss tap is off
     out = tmp_path / "out"
     assert cb.report_path == str(out / REPORT_NAME) and "TinyClassifier" in (out / REPORT_NAME).read_text()
-    assert (out / "nnprobe" / "nnprobe.jsonl").exists()
+    assert len(list((out / "nnprobe").glob("nnprobe-*.jsonl"))) == 1
 
 
 def test_a_forgotten_param_group_is_found_and_named(tmp_path):
@@ -212,7 +213,8 @@ def test_training_that_raises_still_closes_the_probe_and_writes_the_report(tmp_p
     assert hooks_of(model) == before
     assert not nnprobe_modes()
     assert (tmp_path / "out" / REPORT_NAME).exists()
-    lines = (tmp_path / "out" / "nnprobe" / "nnprobe.jsonl").read_text().splitlines()
+    (log,) = (tmp_path / "out" / "nnprobe").glob("nnprobe-*.jsonl")
+    lines = log.read_text().splitlines()
     assert '"type":"end"' in lines[-1]  # the log was finished, not cut off
 
 
@@ -248,10 +250,6 @@ def test_a_probe_left_open_is_closed_at_the_next_train_begin(tmp_path, monkeypat
     assert hooks_of(model) == before
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nnprobe false positive, not the callback's: vanishing-gradients fires on a clean BERT at init "
-    "(query/key weight gradients ~1e-5x the classifier's with the 0.02-std init) although AdamW "
-    "normalises the update (their update ratio is ~0.4): the check ignores the optimizer"))
 def test_clean_bert_is_silent(tmp_path):
     torch.manual_seed(0)
     cb = NnprobeCallback(console=False)
@@ -264,7 +262,7 @@ def test_watch_kwargs_reach_the_probe(tmp_path):
     cb = NnprobeCallback(console=False, every=4, log_dir=str(tmp_path / "elsewhere"), report=False)
     fit(TinyClassifier(TinyConfig()), tmp_path, cb, epochs=1)
     assert list(cb.probe.sampled_steps) == [0, 4, 8, 12]
-    assert (tmp_path / "elsewhere" / "nnprobe.jsonl").exists() and not (tmp_path / "out" / "nnprobe").exists()
+    assert any((tmp_path / "elsewhere").glob("nnprobe-*.jsonl")) and not (tmp_path / "out" / "nnprobe").exists()
     assert cb.report_path is None and not (tmp_path / "out" / REPORT_NAME).exists()
     assert math.isfinite(cb.probe.losses()[1][-1])
 

@@ -5,11 +5,10 @@
 
 At train begin it opens `nnprobe.watch(model, optimizer, **watch_kwargs)` on the trainer's model
 and optimizer (the one accelerate wraps: the probe hooks the torch optimizer inside, so a step is
-one real optimizer step, after gradient accumulation). The loss comes from the loss functions the
-model calls (`torch.nn.functional`, as every `transformers` head does); for a loss computed some
-other way the callback hands the probe the loss the Trainer logs, when a logged value is one
-step's (`logging_steps=1`, from the second step on) and not an average: the Trainer has already
-read it to the host, so this adds no sync. At train end it closes the probe (every hook removed) and writes
+one real optimizer step, after gradient accumulation). The probe sees the loss functions the
+model calls on the steps it samples; the callback hands it the loss the Trainer logs when a
+logged value is one step's (`logging_steps=1`, from the second step on) and not an average: the
+Trainer has already read it to the host, so this adds no sync. At train end it closes the probe (every hook removed) and writes
 `nnprobe-report.html` into `args.output_dir`; the JSON Lines log goes to `<output_dir>/nnprobe`
 unless `log_dir` is given. `callback.probe` keeps the findings and history afterwards.
 
@@ -60,7 +59,6 @@ class NnprobeCallback(TrainerCallback):
         self._is_main = True
         self._trainer: Any = None
         self._guarded: list[str] = []
-        self._logs_loss: bool | None = None  # decided at the first logged loss
         self._last_logged = self._first_step = 0
 
     # ------------------------------------------------------------------ Trainer events
@@ -77,7 +75,6 @@ class NnprobeCallback(TrainerCallback):
         if "log_dir" not in kw and args.output_dir:
             kw["log_dir"] = os.path.join(args.output_dir, LOG_SUBDIR)
         self.report_path = None
-        self._logs_loss = None
         self._last_logged = self._first_step = state.global_step
         self.probe = nnprobe.watch(model, opt, **kw)
         self._open = True
@@ -91,15 +88,11 @@ class NnprobeCallback(TrainerCallback):
             return
         window = state.global_step - self._last_logged
         self._last_logged = state.global_step
-        if self._logs_loss is None:
-            # when the loss functions the model calls give the probe every step's loss, a logged
-            # value would only repeat or blur them; a loss on the GPU reaches the probe one step
-            # late, so this is decided once two steps have passed
-            if state.global_step - self._first_step < 2:
-                return
-            self._logs_loss = len(self.probe.losses()[0]) == 0
         value = logs["loss"]
-        if self._logs_loss and window == 1 and isinstance(value, (int, float)) and math.isfinite(value):
+        # one step's loss (an average over several would blur a spike or a NaN); the first step's
+        # log covers the steps before the probe opened too
+        if window == 1 and state.global_step - self._first_step >= 2 and isinstance(value, (int, float)) \
+                and math.isfinite(value):
             self.probe.step(loss=float(value))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

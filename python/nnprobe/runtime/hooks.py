@@ -17,7 +17,7 @@ import torch
 
 from .record import StepRecord
 from .state import LiveState
-from .tensors import first_float_tensor, readable
+from .tensors import INF, NAN, core_rows, first_float_tensor, host_input, readable
 
 
 class HookSet:
@@ -155,7 +155,10 @@ class ZeroGradSentinel:
         an every-step check that needs no loss value. On the CPU only (a device would synchronise)."""
         p = self.param()
         g = None if p is None else p.grad
-        return g is not None and g.device.type == "cpu" and g.is_floating_point() and not bool(torch.isfinite(g).all())
+        if g is None or g.device.type != "cpu" or not readable(g):
+            return False
+        row = core_rows([host_input(g)])[0]  # one pass in the core: several times cheaper than isfinite().all()
+        return bool(row[NAN] or row[INF])
 
     def arm(self, step: int) -> None:
         p = self.param()
