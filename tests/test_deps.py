@@ -246,11 +246,16 @@ def test_off_by_one_causal_convolution(shift, leaks):
 
 # ---- the mask object and bad input ----------------------------------------------------------
 
-def test_plot_writes_a_png(tmp_path):
+def test_plot_writes_an_svg(tmp_path):
+    import xml.etree.ElementTree as ET
+
     m = nnprobe.dependency_mask(TimeMajorMixer(), torch.randn(4, 3, 5))
-    path = m.plot(tmp_path / "mask.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = m.plot(tmp_path / "mask.svg")
+    root = ET.fromstring(path.read_text())
+    assert root.tag.endswith("svg") and "leaks" in root.findtext("{http://www.w3.org/2000/svg}title")
     assert "leaks" in repr(m)
+    with pytest.raises(nnprobe.InputError, match=".svg"):
+        m.plot(tmp_path / "mask.png")
 
 
 def test_bad_input_gets_clear_errors():

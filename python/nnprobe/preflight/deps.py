@@ -131,22 +131,17 @@ class DependencyMask:
         return f"DependencyMask({n_out} outputs x {n_in} inputs, expect {self.expect}, {len(self.leaks)} leaks; {how})"
 
     def plot(self, path: Any) -> Any:
-        """Writes the mask as an image (dependencies black, leaks red) to `path`."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        """Writes the mask as an SVG image (dependencies black) to `path` (a .svg file: it opens in
+        any browser, and needs no plotting library)."""
+        from pathlib import Path
 
-        fig = Figure(figsize=(4.5, 4.5))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.imshow(self.mask, cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
-        leaks = self.leaks
-        if leaks:
-            ii, jj = zip(*leaks)
-            ax.scatter(jj, ii, s=max(2.0, 600.0 / max(self.mask.shape)), c="red", marker="s", linewidths=0)
-        ax.set_xlabel(f"input slice (dim {self.dim})")
-        ax.set_ylabel(f"output slice (dim {self.out_dim})")
-        ax.set_title(f"dependencies, expect {self.expect}: {len(leaks)} leaks")
-        fig.savefig(path)
+        from ..report.svg import matrix
+
+        if Path(path).suffix.lower() != ".svg":
+            raise InputError(f"plot() writes SVG: give a path ending in .svg, not {str(path)!r}")
+        title = f"dependencies along dim {self.dim}, expect {self.expect}: {len(self.leaks)} leaks"
+        page = matrix(self.mask, title=title, xlabel=f"input slice (dim {self.dim})", ylabel=f"output slice (dim {self.out_dim})")
+        Path(path).write_text(page, encoding="utf-8")
         return path
 
 
