@@ -144,8 +144,8 @@ class JsonlSink(Sink):
         }
         if hists:
             h: dict[str, dict[str, Any]] = {}
-            for i, counts in hists.items():
-                h.setdefault(rows[i].kind, {})[rows[i].name] = [int(c) for c in counts]
+            for row, counts in hists.items():
+                h.setdefault(rows[row].kind, {})[rows[row].name] = [int(c) for c in counts]
             rec["hist"] = h
         self._write(rec)
 
@@ -185,15 +185,15 @@ class TensorBoardSink(Sink):
             for k, v in row_scalars(r.kind, mat[i]).items():
                 self._w.add_scalar(f"{r.kind}/{r.name}/{k}", v, step)
         lo = core.HIST_LO
-        for i, counts in hists.items():
-            r = rows[i]
+        C = {f: k for k, f in enumerate(FIELDS)}
+        for row, counts in hists.items():
+            r = rows[row]
             total = int(counts.sum())
             if total == 0:
                 continue
             nz = np.nonzero(counts)[0]
             limits = [2.0 ** (lo + j + 1) for j in range(len(counts))]
-            m = mat[i]
-            C = {f: k for k, f in enumerate(FIELDS)}
+            m = mat[row]
             self._w.add_histogram_raw(
                 f"{r.kind}/{r.name}/log2_magnitude", min=2.0 ** (lo + nz[0]), max=2.0 ** (lo + nz[-1] + 1),
                 num=total, sum=float(m[C["absmean"]] * total) if math.isfinite(m[C["absmean"]]) else 0.0,

@@ -15,7 +15,7 @@ from typing import Any
 try:
     import lightning.pytorch as pl  # the unified package
 except ImportError:  # pragma: no cover - depends on what the user installed
-    import pytorch_lightning as pl  # type: ignore[no-redef]
+    import pytorch_lightning as pl
 
 import nnprobe
 

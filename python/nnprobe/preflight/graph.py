@@ -37,7 +37,7 @@ class Node:
     inputs: list[int] = field(default_factory=list)  # producers of the tensor inputs, in order
     args: tuple = ()  # positional arguments with tensors replaced by None
     kwargs: dict = field(default_factory=dict)
-    in_shapes: list[tuple] = field(default_factory=list)
+    in_shapes: list[tuple | None] = field(default_factory=list)  # None: not a tensor of known shape
     out_shape: tuple | None = None
     where: str | None = None  # file:line of a function call (hooks builder)
     users: list[int] = field(default_factory=list)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import types
 from typing import Any, Iterable
 
 from ..findings import Finding, Report
@@ -429,7 +430,7 @@ def _getitem(src: Any, out: Any, axes: tuple, index: Any) -> tuple | None:
 def _caller(module_names: dict) -> tuple[str | None, str | None]:
     """The user's file:line that made the call, and the module whose forward it is in."""
     torch_dir = os.path.dirname(_torch().__file__)
-    f = sys._getframe(2)
+    f: types.FrameType | None = sys._getframe(2)
     while f is not None:
         path = os.path.abspath(f.f_code.co_filename)
         if not path.startswith(torch_dir) and not path.startswith(_SKIP_DIRS) and "<frozen" not in path:

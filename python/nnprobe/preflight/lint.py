@@ -137,9 +137,9 @@ def _single_user(g: Graph, n: Node) -> Node | None:
 
 def _map_axes(n: Node, axes: set[int]) -> set[int] | None:
     """Where axes of a shape op's input land in its output; None if that cannot be followed."""
-    if not n.in_shapes or n.out_shape is None:
+    src, dst = (n.in_shapes[0] if n.in_shapes else None), n.out_shape
+    if src is None or dst is None:
         return None
-    src, dst = n.in_shapes[0], n.out_shape
     if n.op in ("permute", "transpose", "t", "T", "mT", "swapaxes", "swapdims", "movedim", "moveaxis"):
         order = _permutation(n, len(src))
         if order is None:
@@ -185,9 +185,10 @@ def _permutation(n: Node, nd: int) -> list[int] | None:
 def _mean_axes(n: Node) -> set[int] | None:
     """The axes a normalisation averages over (its mean is subtracted per group of the others);
     None for a node that subtracts no mean."""
-    if not n.in_shapes:
+    shape = n.in_shapes[0] if n.in_shapes else None
+    if shape is None:
         return None
-    nd = len(n.in_shapes[0])
+    nd = len(shape)
     op, m = n.op, n.module
     if op in _BATCHNORMS:
         return {0} | set(range(2, nd))
@@ -197,7 +198,7 @@ def _mean_axes(n: Node) -> set[int] | None:
         return set(range(first, nd))
     if op == "GroupNorm" or op == "group_norm":
         groups = m.num_groups if m is not None else (n.args[1] if len(n.args) > 1 else n.kwargs.get("num_groups"))
-        channels = n.in_shapes[0][1] if nd > 1 else 1
+        channels = shape[1] if nd > 1 else 1
         return set(range(2, nd)) if groups == channels else set(range(1, nd))
     if op == "LayerNorm" or op == "layer_norm":
         shape = m.normalized_shape if m is not None else (n.args[1] if len(n.args) > 1 else n.kwargs.get("normalized_shape"))

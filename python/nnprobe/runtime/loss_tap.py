@@ -141,7 +141,7 @@ class LossObserver:
     def __init__(self, state: LiveState) -> None:
         self._state = state
         self._calls: dict[str, int] = {}
-        self._pending: list[tuple[str, str, int, Readback]] = []
+        self._pending: list[tuple[str, str, int, np.ndarray | Readback]] = []
         self._init_done = False
         self.values: list[float] = []  # training loss values of the current step (host)
         self.tensors: list[torch.Tensor] = []  # the same, still on their device
@@ -197,7 +197,7 @@ class LossObserver:
 
     def resolve(self, wait: bool = False) -> None:
         """Hand the figures that have reached the host to the checks, as events."""
-        keep = []
+        keep: list[tuple[str, str, int, np.ndarray | Readback]] = []
         for name, kind, count, rb in self._pending:
             if not (wait or isinstance(rb, np.ndarray) or rb.ready()):
                 keep.append((name, kind, count, rb))

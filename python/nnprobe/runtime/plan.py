@@ -58,12 +58,11 @@ class Watched:
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's model inside DDP/DataParallel and torch.compile wrappers."""
     while True:
-        if type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
-            model = model.module
-        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
+        inner = getattr(model, "module", None) if type(model).__name__ in ("DistributedDataParallel", "DataParallel") \
+            else getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else None
+        if not isinstance(inner, nn.Module):
             return model
+        model = inner
 
 
 def compiled(model: nn.Module) -> bool:

@@ -22,6 +22,7 @@ internal failure is logged once and that part of the probe switches off.
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import weakref
 from collections import deque
@@ -118,7 +119,7 @@ class Probe:
         self._fwd_hooks = [hooks.forward_hook(st, m.module, m.act_row, m.grad_row, m.unit) for m in w.modules]
         self._sentinel: hooks.ZeroGradSentinel | None = None
         ref = weakref.ref(self)
-        self._atexit = lambda: (lambda p: p is not None and p.close())(ref())
+        self._atexit = functools.partial(_close_if_alive, ref)
         try:
             self._hooks.forward_pre(model, hooks.root_pre_hook(st, model, w.sensitive), with_kwargs=True)
             if opts:
@@ -596,6 +597,12 @@ def _weak(ref: weakref.ReferenceType[Probe], method: str) -> Callable[..., None]
             getattr(p, method)(*args)
 
     return hook
+
+
+def _close_if_alive(ref: weakref.ReferenceType[Probe]) -> None:
+    p = ref()
+    if p is not None:
+        p.close()
 
 
 def _release(state: Any, hooksets: list[Any], tap: Any) -> None:

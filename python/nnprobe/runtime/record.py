@@ -160,6 +160,7 @@ class StepRecord:
         if x.dim() < 2:
             self.dead_known[row] = False
             return
+        dims: tuple[int, ...]
         if x.dim() == 2:
             dims, units = (0,), x.shape[1]
         elif x.dim() == 3:  # (batch, time, features)

@@ -57,16 +57,16 @@ class UpdateRatio(Check):
         if s is None or not s.judged:
             return
         lrs = figs.lrs or ()
-        for g, lr in enumerate(lrs):
-            if lr > self._lr_peak.get(g, -1.0):
-                self._lr_peak[g] = lr
+        for g, group_lr in enumerate(lrs):
+            if group_lr > self._lr_peak.get(g, -1.0):
+                self._lr_peak[g] = group_lr
         rows = self.run.rows
         for i, w, group in self._rows:
             ratio = float(s.mat[i, RATIO])
             if not math.isfinite(ratio) or ratio <= 0:
                 continue  # not updated this step (no gradient), or weights about zero
             scale = rms(s.mat[w]) if w is not None and seen(s.mat[w]) else math.nan
-            lr = lrs[group] if group is not None and group < len(lrs) else None
+            lr: float | None = lrs[group] if group is not None and group < len(lrs) else None
             q = self._window.setdefault(i, deque(maxlen=RATIO_WINDOW))
             q.append((figs.step, ratio, lr, scale))
             if len(q) < RATIO_WINDOW:
