@@ -109,7 +109,7 @@ class ConsoleSink(Sink):
 
 
 class JsonlSink(Sink):
-    def __init__(self, log_dir: str) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
         os.makedirs(log_dir, exist_ok=True)
         self.path = os.path.join(log_dir, new_log_name())
         # "x": a name taken by another probe is an error here, never a truncated log there
@@ -164,7 +164,7 @@ class TensorBoardSink(Sink):
     """Scalars per layer (activation mean/std, dead and saturated fractions, gradient rms, update
     ratio), the loss, log2-magnitude histograms, and the findings as text."""
 
-    def __init__(self, log_dir: str | None) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str] | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self._w = SummaryWriter(log_dir=log_dir)
@@ -215,7 +215,7 @@ class TensorBoardSink(Sink):
         self._w.close()
 
 
-def make_sinks(*, console: bool, log_dir: str | None, tensorboard: bool, wandb: bool = False) -> list[Sink]:
+def make_sinks(*, console: bool, log_dir: str | os.PathLike[str] | None, tensorboard: bool, wandb: bool = False) -> list[Sink]:
     sinks: list[Sink] = []
     if wandb:  # first: without wandb or an active run it fails before anything is opened
         from .wandb_sink import WandbSink

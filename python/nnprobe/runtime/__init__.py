@@ -12,6 +12,7 @@ torch is imported only when `watch()` is called, so `import nnprobe` stays light
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .probe import Probe
@@ -28,7 +29,7 @@ def watch(
     weights: bool = True,
     updates: bool = True,
     checks: bool = True,
-    log_dir: str | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
     tensorboard: bool = False,
     wandb: bool = False,
     console: bool = True,

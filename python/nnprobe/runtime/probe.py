@@ -22,6 +22,7 @@ internal failure is logged once and that part of the probe switches off.
 from __future__ import annotations
 
 import atexit
+import os
 import functools
 import math
 import weakref
@@ -49,7 +50,7 @@ class Probe:
 
     def __init__(self, model: Any, optimizer: Any = None, *, every: int | str = "auto", overhead: float = 0.03,
                  activations: bool = True, gradients: bool = True, weights: bool = True, updates: bool = True,
-                 checks: bool = True, log_dir: str | None = None, tensorboard: bool = False, wandb: bool = False,
+                 checks: bool = True, log_dir: str | os.PathLike[str] | None = None, tensorboard: bool = False, wandb: bool = False,
                  console: bool = True, strict: bool = False, device_stats: str = "auto", clock: Callable[[], float] | None = None) -> None:
         import torch
 
