@@ -133,8 +133,12 @@ CATALOGUE: dict[str, Entry] = {
         "layers barely learn.",
         "Use ReLU-family activations, residual connections, normalisation, a better init (Kaiming).",
         "AUTOTRAINER: first/last gradient-norm ratio < 1e-3 with the first < 1e-4; SageMaker "
-        "VanishingGradient: mean |g| < 1e-7. nnprobe compares rms gradients (norms grow with layer size) of the "
-        "first and last weight layers in forward order, embeddings left out: below 1e-4 on 3 sampled steps in a row.",
+        "VanishingGradient: mean |g| < 1e-7. nnprobe compares rms gradients (norms grow with layer size) through "
+        "depth: the median over the first third of the weight layers in forward order against the last third's "
+        "(embeddings left out; a median, so one odd matrix such as an attention query does not decide), below "
+        "1e-4 on every sampled step for at least 20 steps (at least 3 samples). Why 20 steps: at initialisation "
+        "a transformer's first attention projections get gradients about 1e-5 of the classifier's for a dozen "
+        "steps and then catch up (a tiny BERT, measured); a vanishing gradient is one that stays.",
     ),
     "dead-units": Entry(
         "runtime", "warning", "ReLU units are dead",
@@ -143,7 +147,8 @@ CATALOGUE: dict[str, Entry] = {
         "Lower the learning rate, use a better init, LeakyReLU/GELU, or normalisation before the ReLU.",
         "SageMaker Debugger DeadRelu (threshold_layer 50%); AUTOTRAINER dying ReLU (>= 70% zero "
         "gradients); DeepDiagnosis (ratio >= 0.7). nnprobe: more than 50% of a ReLU/ReLU6 layer's units zero on "
-        "every example (8 examples per unit at least), on 3 sampled steps in a row.",
+        "every example (8 examples per unit at least), on 3 sampled steps in a row. A functional F.relu / "
+        "torch.relu on a watched module's output is judged under that module's name.",
     ),
     "saturated-activations": Entry(
         "runtime", "warning", "tanh/sigmoid activations are saturated",
@@ -162,9 +167,13 @@ CATALOGUE: dict[str, Entry] = {
         "Adjust the learning rate (or this layer's group) towards ratios near 1e-3.",
         "Karpathy, 'Building makemore Part 3' (log10 update:data ratio near -3); Stanford CS231n "
         "notes ('~1e-3'); TheDeepChecker: log10(mean|dw|/mean|w|) outside [-4, -1]. nnprobe: the median over the "
-        "last 10 sampled steps of a >= 2-D weight outside [1e-5, 1e-1]; 'too low' only while the learning rate is "
-        "steady and at least 10% of its peak (annealing and warm-up are intended); a weight initialised at zero "
-        "is judged once its scale has settled.",
+        "last 10 sampled steps of a >= 2-D weight outside [1e-5, 1e-1]. 'Too high' only when the run does not "
+        "profit: the loss made under 5% progress over those steps on a weight that is not growing, or the loss "
+        "diverges (its later half 1.5x its earlier half, or non-finite), growing weights included: a far too high "
+        "rate makes every weight grow. Adam's first steps without warm-up (ratios 0.1-0.3 while the loss falls "
+        "fast, a tiny GPT-2 measured) stay silent. 'Too low' only while the learning rate is steady and at least "
+        "10% of its peak (annealing and warm-up are intended) and the loss has come down less than 10% from its "
+        "start: tiny updates once a run has converged (an LSTM at a loss of 2e-4, measured) are no low rate.",
     ),
     "param-not-in-optimizer": Entry(
         "runtime", "error", "A trainable parameter is not in the optimizer",
