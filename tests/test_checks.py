@@ -178,3 +178,35 @@ def test_a_finding_is_kept_once_with_its_count():
     steps = [StepFigures(s, events=[Event("zero-grad", {"param": "w", "after_step": s})]) for s in range(4)]
     (f,) = run(EMPTY, steps)
     assert f.count == 4 and f.step == 1 and f.data["last_step"] == 4
+
+
+SKIP, LATE = Event("skipped-step"), Event("skipped-step", {"late": True})
+
+
+def skip_steps(pattern: str) -> list[StepFigures]:
+    """One step per character: "s" skipped, "." updated, "l" one late-noticed skip, then updated."""
+    return [StepFigures(k, events={"s": [SKIP], ".": [], "l": [LATE]}[c]) for k, c in enumerate(pattern)]
+
+
+@pytest.mark.parametrize("pattern,expect", [
+    ("s" * 20, [("loss-scale-collapse", None)]),  # 20 in a row: the default 2**16 scale is below 1
+    ("s" * 19 + "." * 10, []),  # a scale that found its level at the start
+    ("s" * 8 + ("." * 19 + "s") * 10, [("loss-scale-collapse", None)]),  # 10 in 200 after the first update
+    ("s" * 8 + ("." * 39 + "s") * 10, []),  # 5 in 200
+    ("l" * 4 + "." * 30 + "s" * 5, []),  # late skips, each followed by an update: no streak, 8 in the rate
+    ("." + ("l" * 10), [("loss-scale-collapse", None)]),  # ... but they count in the rate
+    ("." * 50, []),
+])
+def test_loss_scale_collapse(pattern, expect):
+    assert codes(run(EMPTY, skip_steps(pattern))) == expect
+
+
+def test_skipped_steps_gradients_are_not_non_finite():
+    p = plan(("fc", "activations", "fc", "Linear", {}), ("fc", "gradients", "fc", "Linear", {}))
+    overflow = {("fc", "activations"): {}, ("fc", "gradients"): {"inf": 5}}
+    f = figures(p, 0, overflow, events=[SKIP])
+    f.sampled.grad_order = [p.rows.find("fc", "gradients")]
+    assert codes(run(p, [f])) == []
+    f = figures(p, 0, overflow)
+    f.sampled.grad_order = [p.rows.find("fc", "gradients")]
+    assert codes(run(p, [f])) == [("non-finite", "fc")]

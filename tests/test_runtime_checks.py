@@ -516,6 +516,24 @@ def test_loss_not_decreasing_fixed_with_warmup():
     assert not found(probe, "loss-not-decreasing")
 
 
+# ------------------------------------------------------------------------------- loss-scale-collapse
+def test_loss_scale_collapse_planted():
+    from test_amp import scaler_run
+
+    # NaN gradients from a finite forward: the scaler skips every step, its scale falls below 1
+    probe, *_ = scaler_run(iters=24, init_scale=2.0**16, nan_grad=True)
+    (f,) = found(probe, "loss-scale-collapse")
+    assert f.step == 19 and f.data["streak"] == 20
+    assert "non-finite" not in probe.codes()  # the skipped steps' gradients are the scaler's business
+
+
+def test_loss_scale_collapse_fixed():
+    from test_amp import scaler_run
+
+    probe, _, skips, *_ = scaler_run()  # a few overflow skips at the start, and one later
+    assert sum(skips) >= 4 and probe.codes() == set()
+
+
 def test_every_runtime_code_has_a_planted_test():
     import sys
 

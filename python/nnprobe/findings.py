@@ -193,6 +193,22 @@ CATALOGUE: dict[str, Entry] = {
         "the median loss of the last window (max(10, n/5) steps) is not 1% below that of the first window; under "
         "a warm-up, from where the rate reached half its present value.",
     ),
+    "loss-scale-collapse": Entry(
+        "runtime", "warning", "The mixed-precision loss scale keeps collapsing",
+        "A GradScaler skips optimizer.step() whenever the scaled gradients hold inf/NaN, and halves its "
+        "scale. A few skips at the start, then about one per growth_interval, are how it works. Many in a "
+        "row mean the gradients are inf/NaN even at a scale below 1 (a NaN source in the model or the "
+        "loss, or float16 overflow in the forward); frequent skips mean the scale is pushed down over and "
+        "over. Either way the model is not being updated on those steps.",
+        "Look for the source of inf/NaN: run a few steps without the scaler and autocast (nnprobe then "
+        "names the first non-finite module), compute the loss in float32 (outside autocast), use bfloat16 "
+        "instead of float16, or lower the learning rate.",
+        "PyTorch AMP documentation (torch.amp.GradScaler: skipped steps, backoff_factor 0.5, growth_interval "
+        "2000). nnprobe counts iterations that end without optimizer.step() (no scaler argument: a backward "
+        "whose gradients were cleared before the next forward with no step between) and flags 20 in a row (the "
+        "default initial scale 2**16 halved 20 times is below 1) or, after the first update, 10 in the last "
+        "200 iterations (a hundred times a healthy scale's rate).",
+    ),
     # structure (lint)
     "bias-before-norm": Entry(
         "lint", "warning", "A layer's bias is removed by the normalisation after it",

@@ -14,6 +14,7 @@ from .modes.train_mode_eval import TrainModeEval
 from .optimizer.never_updated import ParamNeverUpdated
 from .optimizer.not_in_optimizer import ParamNotInOptimizer
 from .optimizer.update_ratio import UpdateRatio
+from .precision.loss_scale_collapse import LossScaleCollapse
 from .units.dead import DeadUnits
 from .units.saturated import SaturatedActivations
 
@@ -31,4 +32,5 @@ CHECKS: tuple[type[Check], ...] = (
     UpdateRatio,
     ParamNeverUpdated,
     LossNotDecreasing,
+    LossScaleCollapse,
 )

@@ -70,7 +70,8 @@ def make(model: nn.Module, optimizers: list[torch.optim.Optimizer], want: dict[s
             continue
         unit = next((u for cls, u in _UNITS if isinstance(m, cls)), None)
         arow = rows.add(name, "activations", name, types[name], param=False, unit=unit) if want["activations"] else -1
-        grow = rows.add(name, "gradients", name, types[name], param=False) if want["gradients"] else -1
+        # output gradients are of the backward as it ran: a GradScaler's loss scale included (runtime/amp.py)
+        grow = rows.add(name, "gradients", name, types[name], param=False, of="backward") if want["gradients"] else -1
         w.modules.append(WatchedModule(m, name, arow, grow, unit))
 
     groups: dict[int, int] = {}  # id(param) -> flat index of its (optimizer, param group)

@@ -54,7 +54,7 @@ class Probe:
 
         from ..checks.judge import Judge
         from ..sinks import make_sinks
-        from . import distributed, hooks, loss_tap, plan
+        from . import amp, distributed, hooks, loss_tap, plan
         from .history import History
         from .params import ParamFigures
         from .schedule import Schedule
@@ -118,7 +118,11 @@ class Probe:
         self._sentinel: hooks.ZeroGradSentinel | None = None
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda p: p is not None and p.close())(ref())
+        self._skips: Any = None
         try:
+            mark = amp.marker(w.params, w.in_optimizer) if opts else None
+            if mark is not None:  # before the root pre-hook: a skipped step ends before the next forward counts
+                self._skips = amp.SkipWatch(st, w.model, mark, self._hooks, _weak(ref, "_on_skipped"))
             self._hooks.forward_pre(model, hooks.root_pre_hook(st, model, w.sensitive), with_kwargs=True)
             if opts:
                 self._hooks.optimizer(opts[0], _weak(ref, "_on_step_pre"), _weak(ref, "_on_step_post"))
@@ -164,6 +168,8 @@ class Probe:
             return None
         t0 = st.clock()
         try:
+            if self._skips is not None:
+                self._skips.stepping(self._w.params, self._w.in_optimizer)
             self._seal(st.step)
             self._pre_step()
         except Exception as e:  # noqa: BLE001
@@ -204,6 +210,8 @@ class Probe:
             return None
         t0 = st.clock()
         rec, s = st.record, st.step
+        if self._skips is not None:
+            self._skips.stepped()
         try:
             # losses computed inside step() (a closure: LBFGS, Lightning): this step's, after the update
             if self._loss_obs.values or self._loss_obs.tensors:
@@ -219,6 +227,34 @@ class Probe:
         self._schedule.clock(st.clock(), s, st.own_cheap, rec)
         st.own_cheap = 0.0
         return None
+
+    def _on_skipped(self, late: bool) -> None:
+        """An iteration ended without optimizer.step() (a GradScaler skipped it; see amp.py): a
+        step of its own, judged without its expected inf/NaN gradients. Noticed late (at the
+        next backward), it is only counted, in the step that follows."""
+        st = self._state
+        if st.busy or self._closed:
+            return
+        if late:
+            st.event("skipped-step", late=True)
+            return
+        t0 = st.clock()
+        rec, s = st.record, st.step
+        try:
+            self._seal(s)
+            self._take_loss(s, before_update=True)
+            self._resolve_device_losses(s)
+            st.fwd_grad = 0
+            self._figs.lrs = self._learning_rates(self._opts)
+            st.event("skipped-step")
+            if rec is not None and not self._dist:
+                self._schedule.force_next = True  # the sample goes on to a step that updates
+            self._end_step(s)
+        except Exception as e:  # noqa: BLE001
+            st.fail("skipped steps", e)
+        st.charge(st.clock() - t0, rec)
+        self._schedule.clock(st.clock(), s, st.own_cheap, rec)
+        st.own_cheap = 0.0
 
     def _end_step(self, s: int) -> None:
         """Shared by the optimizer post-hook and probe.step() without optimizer."""

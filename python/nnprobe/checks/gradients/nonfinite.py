@@ -4,6 +4,7 @@ On a sampled step the figures say it: the first activation (in forward order) ho
 else the first output gradient (in backward order) that turned non-finite, else the parameter
 gradient closest to the loss, else the weights. On any other step a non-finite loss has been
 located by the probe (re-running the saved inputs module by module) and arrives as an event.
+The output gradients of a step whose update was skipped ("skipped-step") are not judged.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ class NonFinite(Check):
                              "forward; the layers before it were finite", rows[i].module, figs.step,
                              {"phase": "forward", "nan": nan, "inf": inf})
                 return
-        bad = [k for k, i in enumerate(s.grad_order) if nonfinite(mat[i])]
+        # a step whose update was skipped (a GradScaler found inf/NaN in its scaled gradients) holds
+        # those gradients in its output-gradient figures: expected, not a finding; the parameter
+        # gradients the optimizer used are still judged
+        skipped = any(e.kind == "skipped-step" for e in figs.events)
+        bad = [] if skipped else [k for k, i in enumerate(s.grad_order) if nonfinite(mat[i])]
         if bad:
             k = bad[0]
             if k > 0:
