@@ -388,12 +388,12 @@ class Probe:
             dead_arr[row] = v
         proposal = float(self._schedule.proposal(rec.step))
         if self._dist:
-            moments, sat_arr, dead_arr, proposal = self._distributed.merge(moments, self._w.replicated, sat_arr, dead_arr, proposal)
+            moments, sat_arr, dead_arr, proposal = self._distributed.merge(moments, self._w.duplicate, sat_arr, dead_arr, proposal)
         self._schedule.agree(proposal)
         mat = figures_matrix(moments, sat_arr, dead_arr, rec, [(m.act_row, m.unit) for m in self._w.modules], R)
         hists = {row: c for row, c in rec.hists.items() if row < R}
         if self._dist and rec.hist:
-            hists = self._distributed.merge_hist(hists, R, self._w.replicated[:R])
+            hists = self._distributed.merge_hist(hists, R, self._w.duplicate[:R])
         figs.sampled = Sampled(mat.astype(np.float32), list(rec.act_order), list(rec.grad_order), set(rec.dead_below),
                                judged=rec.judged, hists=hists)
 
