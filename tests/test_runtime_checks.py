@@ -516,6 +516,55 @@ def test_loss_not_decreasing_fixed_with_warmup():
     assert not found(probe, "loss-not-decreasing")
 
 
+# ------------------------------------------------------------------------------- loss-spike
+def spiky(steps, *, corrupt_at=None, bs=32, flip=0.0, seed=0, log_dir=None, late_loss=False):
+    """Blobs with some labels flipped (a noisy, healthy loss), Adam; at `corrupt_at` a corrupted
+    batch (inputs x5, every label wrong)."""
+    torch.manual_seed(seed)
+    X, y = Z.blobs(2048, seed=seed)
+    g = torch.Generator().manual_seed(2 + seed)
+    y = torch.where(torch.rand(len(y), generator=g) < flip, torch.randint(0, 4, y.shape, generator=g), y)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = adam(model, lr=3e-3)
+    with nnprobe.watch(model, opt, console=False, log_dir=log_dir) as probe:
+        for s in range(steps):
+            idx = torch.randint(0, len(X), (bs,), generator=g)
+            x, t = X[idx], y[idx]
+            if s == corrupt_at:
+                x, t = x * 5, (t + 1) % 4
+            opt.zero_grad()
+            # a hand-written loss is not seen by the loss tap: the probe gets it after the update
+            loss = F.cross_entropy(model(x), t) if not late_loss else ((model(x) - F.one_hot(t, 4)) ** 2).mean()
+            loss.backward()
+            opt.step()
+            if late_loss:
+                probe.step(loss=loss)
+    return probe
+
+
+def test_loss_spike_planted(tmp_path):
+    from nnprobe.replay import judge_log
+
+    probe = spiky(130, corrupt_at=120, log_dir=str(tmp_path))
+    (f,) = found(probe, "loss-spike")
+    # the spike step, sampled in full before its update; the first layer whose gradient jumped
+    assert f.step == 120 and 120 in probe.sampled_steps.tolist()
+    assert f.module == "0" and f.data["grad_jump"] > 4 and f.data["batch"] is None
+    assert sorted((g.code, g.module, g.step) for g in judge_log(tmp_path)) == sorted(
+        (g.code, g.module, g.step) for g in probe.findings)  # the log holds what it read
+
+
+def test_loss_spike_fixed_noisy_small_batches():
+    probe = spiky(250, bs=4, flip=0.3, seed=1)
+    assert loud(probe) == []
+
+
+def test_loss_spike_named_without_gradients_when_the_loss_comes_after_the_update():
+    probe = spiky(130, corrupt_at=120, late_loss=True)
+    (f,) = found(probe, "loss-spike")
+    assert f.step == 120 and "not sampled" in f.message and 121 in probe.sampled_steps.tolist()
+
+
 # ------------------------------------------------------------------------------- loss-scale-collapse
 def test_loss_scale_collapse_planted():
     from test_amp import scaler_run

@@ -9,6 +9,7 @@ from .gradients.zero_grad import ZeroGradMissing
 from .loss.at_init import LossAtInit
 from .loss.input_format import LossInputFormat
 from .loss.not_decreasing import LossNotDecreasing
+from .loss.spike import LossSpike
 from .modes.eval_mode_training import EvalModeTraining
 from .modes.train_mode_eval import TrainModeEval
 from .optimizer.never_updated import ParamNeverUpdated
@@ -33,4 +34,5 @@ CHECKS: tuple[type[Check], ...] = (
     ParamNeverUpdated,
     LossNotDecreasing,
     LossScaleCollapse,
+    LossSpike,
 )
