@@ -70,11 +70,11 @@ def test_autocast_figures_equal_a_float64_oracle(dtype):
     assert probe.codes() == set()
 
 
-def scaler_run(iters=16, *, init_scale=2.0**24, zero_grad_late=False, accumulate=1, nan_grad=False):
-    """A healthy float16 run on the CPU whose first steps overflow at a too-high initial scale."""
-    m = net()
+def scaler_run(iters=16, *, init_scale=2.0**24, zero_grad_late=False, accumulate=1, nan_grad=False, device="cpu"):
+    """A healthy float16 run whose first steps overflow at a too-high initial scale."""
+    m = net().to(device)
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    scaler = torch.amp.GradScaler(device, init_scale=init_scale)
     g = torch.Generator().manual_seed(1)
     skips, unscaled, ratios, scales = [], [], [], []
     probe = nnprobe.watch(m, opt, every=1, console=False)
@@ -83,8 +83,8 @@ def scaler_run(iters=16, *, init_scale=2.0**24, zero_grad_late=False, accumulate
         if not zero_grad_late:
             opt.zero_grad()
         for _ in range(accumulate):
-            x, y = torch.randn(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g)
-            with torch.autocast("cpu", dtype=torch.float16):
+            x, y = torch.randn(64, 16, generator=g).to(device), torch.randint(0, 4, (64,), generator=g).to(device)
+            with torch.autocast(device, dtype=torch.float16):
                 h = m(x)
                 if nan_grad:  # finite forward, NaN backward (d sqrt(0)): a scaler cannot fix it
                     h = h + torch.sqrt((h - h.detach()).abs())
@@ -147,3 +147,13 @@ def test_gradient_accumulation_under_a_scaler_is_not_a_skip():
 def test_a_scaler_that_never_skips_changes_nothing():
     probe, seen, skips, *_ = scaler_run(iters=6, init_scale=16.0)
     assert not any(skips) and probe.steps == 6 and not any(skipped(f) or skipped(f, late=True) for f in seen)
+
+
+@pytest.mark.cuda
+def test_cuda_gradscaler_skipped_steps_are_not_non_finite():
+    probe, seen, skips, unscaled, *_ = scaler_run(device="cuda", init_scale=2.0**30)
+    assert sum(skips) >= 2 and probe.codes() == set(), [str(f) for f in probe.findings]
+    assert [skipped(f) for f in seen] == skips
+    l2 = probe.history("2.weight", "gradients", "l2")
+    taken = [s for s, skip in enumerate(skips) if not skip]
+    np.testing.assert_allclose(l2[taken], np.array(unscaled)[taken], rtol=1e-5)

@@ -517,19 +517,19 @@ def test_loss_not_decreasing_fixed_with_warmup():
 
 
 # ------------------------------------------------------------------------------- loss-spike
-def spiky(steps, *, corrupt_at=None, bs=32, flip=0.0, seed=0, log_dir=None, late_loss=False):
+def spiky(steps, *, corrupt_at=None, bs=32, flip=0.0, seed=0, log_dir=None, late_loss=False, device="cpu"):
     """Blobs with some labels flipped (a noisy, healthy loss), Adam; at `corrupt_at` a corrupted
     batch (inputs x5, every label wrong)."""
     torch.manual_seed(seed)
     X, y = Z.blobs(2048, seed=seed)
     g = torch.Generator().manual_seed(2 + seed)
     y = torch.where(torch.rand(len(y), generator=g) < flip, torch.randint(0, 4, y.shape, generator=g), y)
-    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).to(device)
     opt = adam(model, lr=3e-3)
     with nnprobe.watch(model, opt, console=False, log_dir=log_dir) as probe:
         for s in range(steps):
             idx = torch.randint(0, len(X), (bs,), generator=g)
-            x, t = X[idx], y[idx]
+            x, t = X[idx].to(device), y[idx].to(device)
             if s == corrupt_at:
                 x, t = x * 5, (t + 1) % 4
             opt.zero_grad()
@@ -563,6 +563,15 @@ def test_loss_spike_named_without_gradients_when_the_loss_comes_after_the_update
     probe = spiky(130, corrupt_at=120, late_loss=True)
     (f,) = found(probe, "loss-spike")
     assert f.step == 120 and "not sampled" in f.message and 121 in probe.sampled_steps.tolist()
+
+
+@pytest.mark.cuda
+def test_cuda_loss_spike_without_host_sync():
+    """On a GPU the loss reaches the host one step late: the spike is named at its step, and the
+    step after it is sampled."""
+    probe = spiky(130, corrupt_at=120, device="cuda")
+    (f,) = found(probe, "loss-spike")
+    assert f.step == 120 and 121 in probe.sampled_steps.tolist()
 
 
 # ------------------------------------------------------------------------------- loss-scale-collapse
