@@ -565,6 +565,24 @@ def test_loss_spike_named_without_gradients_when_the_loss_comes_after_the_update
     assert f.step == 120 and "not sampled" in f.message and 121 in probe.sampled_steps.tolist()
 
 
+def test_loss_spike_with_losses_read_one_step_late(monkeypatch):
+    """The CUDA path on the CPU: losses handed over as tensors, read one step later (as a GPU's
+    are, without a synchronisation); the checks still see every step's loss."""
+    from nnprobe.runtime.loss_tap import LossObserver
+
+    observe = LossObserver.observe
+
+    def as_device(self, *args):
+        observe(self, *args)
+        self.tensors.extend(torch.tensor(v) for v in self.values)
+        self.values.clear()
+
+    monkeypatch.setattr(LossObserver, "observe", as_device)
+    probe = spiky(130, corrupt_at=120)
+    (f,) = found(probe, "loss-spike")
+    assert f.step == 120 and "not sampled" in f.message and 121 in probe.sampled_steps.tolist()
+
+
 @pytest.mark.cuda
 def test_cuda_loss_spike_without_host_sync():
     """On a GPU the loss reaches the host one step late: the spike is named at its step, and the

@@ -170,6 +170,7 @@ class Probe:
         try:
             if self._skips is not None:
                 self._skips.stepping(self._w.params, self._w.in_optimizer)
+            self._resolve_device_losses(st.step)  # the last step's device loss, into its figures before they are judged
             self._seal(st.step)
             self._pre_step()
         except Exception as e:  # noqa: BLE001
