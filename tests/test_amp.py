@@ -70,10 +70,11 @@ def test_autocast_figures_equal_a_float64_oracle(dtype):
     assert probe.codes() == set()
 
 
-def scaler_run(iters=16, *, init_scale=2.0**24, zero_grad_late=False, accumulate=1, nan_grad=False, device="cpu"):
+def scaler_run(iters=16, *, init_scale=2.0**24, zero_grad_late=False, accumulate=1, nan_grad=False, device="cpu",
+               fused=False):
     """A healthy float16 run whose first steps overflow at a too-high initial scale."""
     m = net().to(device)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, fused=True) if fused else torch.optim.SGD(m.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler(device, init_scale=init_scale)
     g = torch.Generator().manual_seed(1)
     skips, unscaled, ratios, scales = [], [], [], []
@@ -147,6 +148,18 @@ def test_gradient_accumulation_under_a_scaler_is_not_a_skip():
 def test_a_scaler_that_never_skips_changes_nothing():
     probe, seen, skips, *_ = scaler_run(iters=6, init_scale=16.0)
     assert not any(skips) and probe.steps == 6 and not any(skipped(f) or skipped(f, late=True) for f in seen)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_fused_optimizer_skips_inside_its_step(device):
+    """A fused optimizer gets optimizer.step() on skipped iterations too, with found_inf set."""
+    probe, seen, skips, unscaled, ratios, _ = scaler_run(fused=True, device=device)
+    assert sum(skips) >= 2 and probe.steps == len(skips)
+    assert probe.codes() == set(), [str(f) for f in probe.findings]
+    assert [any(e.kind == "skipped-step" and e.data.get("fused") for e in f.events) for f in seen] == skips
+    l2 = probe.history("2.weight", "gradients", "l2")
+    taken = [s for s, skip in enumerate(skips) if not skip]
+    np.testing.assert_allclose(l2[taken], np.array(unscaled)[taken], rtol=1e-5)
 
 
 @pytest.mark.cuda

@@ -26,6 +26,14 @@ backward whose gradients were thrown away, is what the probe can see for the pri
 Python call per backward and one per forward; it also covers loops that skip on their own
 (accelerate's `optimizer_step_was_skipped`, a skip on a non-finite gradient norm).
 
+Optimizers that unscale and skip inside their own step (fused Adam/AdamW/SGD: those with
+`_step_supports_amp_scaling`) get `optimizer.step()` called on every iteration: `GradScaler`
+sets `optimizer.found_inf` (and `grad_scale`) for the length of that call, torch's documented
+contract with such optimizers. The probe reads `found_inf` in its step pre-hook (`found_inf()`):
+on the CPU at once, on a GPU copied without blocking and read at the next step, before the step
+is judged; a non-zero value is a "skipped-step" event with fused=True, whose gradient figures
+(still scaled, holding the inf/NaN) are not judged.
+
 Scale: the gradients the optimizer hooks read are unscaled (`scaler.step` unscales them before
 `optimizer.step()`), so gradient figures and update ratios are of the unscaled gradients. The
 output gradients reduced during backward are of the backward as it ran: under a GradScaler
@@ -129,3 +137,9 @@ def marker(params: list[tuple[torch.Tensor, str, str]], in_optimizer: set[int], 
         if p.requires_grad and id(p) in in_optimizer and (not with_grad or p.grad is not None):
             return p
     return None
+
+
+def found_inf(opt: Any) -> torch.Tensor | None:
+    """The flag a GradScaler hands an optimizer that skips inside its own step (see above)."""
+    t = getattr(opt, "found_inf", None)
+    return t if isinstance(t, torch.Tensor) else None

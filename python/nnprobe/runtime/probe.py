@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import DiagnosticError, InputError
-from ..figures import DEAD, KINDS, NF, RATIO, SATURATED, Plan, Sampled, StepFigures
+from ..figures import DEAD, KINDS, NF, RATIO, SATURATED, Event, Plan, Sampled, StepFigures
 from ..findings import Finding
 from ..options import DeviceStats, Every
 
@@ -98,6 +98,8 @@ class Probe:
         self._explicit: dict[int, float] = {}
         self._loss_tensors: list[Any] = []
         self._loss_readback: tuple[int, Any] | None = None
+        self._skip_flags: list[tuple[int, Any]] = []  # (step, a fused optimizer's found_inf on its way)
+        self._step_skipped = False
         self._located = 0
         self._nonfinite_step = -1
         self._outside_seen: set[str] = set()
@@ -195,6 +197,7 @@ class Probe:
                     self._outside_seen.add(pname)
                     st.event("outside-grad", param=pname, module=owner, norm=norm)
         figs.lrs = self._learning_rates(self._opts)
+        self._step_skipped = self._fused_skip(s)
         rec = st.record
         if rec is None and late and not self._dist:
             # a non-finite or jumping loss on a step that was not sampled: its gradients and weights
@@ -202,8 +205,26 @@ class Probe:
             from .record import StepRecord
 
             rec = st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=False, judged=True)
-        if rec is not None:
+        if rec is not None and not self._step_skipped:
             self._params.weights(rec)
+
+    def _fused_skip(self, s: int) -> bool:
+        """A GradScaler skipping this step inside a fused optimizer (amp.py): known now on the CPU,
+        at the next step on a device."""
+        from .amp import found_inf
+
+        flag = found_inf(self._opts[0])
+        if flag is None:
+            return False
+        if flag.device.type != "cpu":
+            from .tensors import Readback
+
+            self._skip_flags.append((s, Readback(flag.detach().float().reshape(1))))
+            return False
+        if not float(flag):
+            return False
+        self._state.event("skipped-step", fused=True)
+        return True
 
     def _on_step_post(self, opt: Any, args: Any, kwargs: Any) -> None:
         st = self._state
@@ -217,7 +238,7 @@ class Probe:
             # losses computed inside step() (a closure: LBFGS, Lightning): this step's, after the update
             if self._loss_obs.values or self._loss_obs.tensors:
                 self._take_loss(s, before_update=False)
-            if rec is not None:
+            if rec is not None and not self._step_skipped:
                 self._params.grads(rec)
                 self._params.updates(rec)
             self._end_step(s)
@@ -343,6 +364,12 @@ class Probe:
 
     def _resolve_device_losses(self, s: int) -> None:
         """CUDA losses: start their copy now, take them at the next step (no wait in the step)."""
+        while self._skip_flags:
+            step, flag = self._skip_flags.pop(0)
+            if flag.get()[0]:
+                figs = next((f for f in self._open if f.step == step), None)
+                if figs is not None:
+                    figs.events.append(Event("skipped-step", {"fused": True}))
         if self._loss_readback is not None:
             step, rb = self._loss_readback
             vals = rb.get()

@@ -45,8 +45,8 @@ class NonFinite(Check):
         # a step whose update was skipped (a GradScaler found inf/NaN in its scaled gradients) holds
         # those gradients in its output-gradient figures: expected, not a finding; the parameter
         # gradients the optimizer used are still judged
-        skipped = any(e.kind == "skipped-step" for e in figs.events)
-        bad = [] if skipped else [k for k, i in enumerate(s.grad_order) if nonfinite(mat[i])]
+        skips = [e for e in figs.events if e.kind == "skipped-step"]
+        bad = [] if skips else [k for k, i in enumerate(s.grad_order) if nonfinite(mat[i])]
         if bad:
             k = bad[0]
             if k > 0:
@@ -58,7 +58,11 @@ class NonFinite(Check):
                 msg = f"the gradient reaching {run.label(origin)}'s output is already non-finite: it comes from the loss"
             yield Raised("non-finite", msg, origin, figs.step, {"phase": "backward"})
             return
-        pgrads = [i for i, r in enumerate(rows) if r.param and r.kind == "gradients" and seen(mat[i]) and nonfinite(mat[i])]
+        # a skipped step's parameter gradients, read by the optimizer hooks of a fused optimizer,
+        # are its scaled ones (a skip noticed late leaves the next, applied step's)
+        fused = any(not e.data.get("late") for e in skips)
+        pgrads = [] if fused else [i for i, r in enumerate(rows) if r.param and r.kind == "gradients" and seen(mat[i])
+                                   and nonfinite(mat[i])]
         if pgrads:
             i = max(pgrads, key=lambda j: run.position(rows[j].module))
             yield Raised("non-finite", f"the gradient of {rows[i].name} holds {nonfinite(mat[i])} NaN/Inf values "
