@@ -149,7 +149,7 @@ def measure(device: str = "cuda", tiny: bool = False, rounds: int = 12, steps: i
             per_step[name].append((time.perf_counter() - t0) / steps)
     med = {k: statistics.median(v) for k, v in per_step.items()}
     # the same batches, the same losses: watching changed nothing
-    same = all(torch.equal(a, b) for a, b in zip(runs["bare"].losses, runs["watched"].losses))
+    same = all(torch.equal(a, b) for a, b in zip(runs["bare"].losses, runs["watched"].losses, strict=True))
     syncs = {"bare": count_syncs(runs["bare"], steps), "watched": count_syncs(runs["watched"], steps)}
     every1 = Run(base, cfg, dev, {"every": 1})
     every1.steps(2)
@@ -170,7 +170,7 @@ def measure(device: str = "cuda", tiny: bool = False, rounds: int = 12, steps: i
 
 def _spread(per_step: dict[str, list[float]]) -> float:
     """The interquartile range of the per-round ratios, as a fraction: how far to trust the ratio."""
-    ratios = sorted(w / b for w, b in zip(per_step["watched"], per_step["bare"]))
+    ratios = sorted(w / b for w, b in zip(per_step["watched"], per_step["bare"], strict=True))
     if len(ratios) < 4:
         return math.nan
     q = statistics.quantiles(ratios, n=4)

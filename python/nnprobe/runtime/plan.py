@@ -141,7 +141,7 @@ def duplicate_on_rank(p: torch.Tensor, rank: int) -> bool:
     coord = p.device_mesh.get_coordinate()  # type: ignore[attr-defined]
     if coord is None:  # this rank holds none of it
         return True
-    return any(c != 0 for c, pl in zip(coord, p.placements) if not pl.is_shard())  # type: ignore[attr-defined]
+    return any(c != 0 for c, pl in zip(coord, p.placements, strict=True) if not pl.is_shard())  # type: ignore[attr-defined]
 
 
 def type_name(m: nn.Module) -> str:
