@@ -1,6 +1,7 @@
 """`Probe`: a watched training run, from `watch()` to `close()`.
 
-The life of a step (one `optimizer.step()`, or one `probe.step()` without optimizer):
+The life of a step (one `optimizer.step()`, or one `probe.step()` without optimizer; an
+iteration whose update a GradScaler skipped is a step of its own, see `amp`):
 
 - before its forward, when the step is sampled, forward hooks go on the watched modules (they
   are off the other steps: a module with any hook leaves PyTorch's fast call path);
