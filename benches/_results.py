@@ -41,13 +41,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def write_section(title: str, body: str) -> None:
+def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     """Replaces (or appends) the section `## title` of RESULTS.md, leaving the others alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nMeasured by the scripts in this folder; each section says the command that made it.\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nMeasured by the scripts in this folder; each section says the command that made it.\n"
     section = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
     else:
         text = text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+    path.write_text(text)

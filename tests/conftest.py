@@ -27,3 +27,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped where torch sees no CUDA device."""
+    if not any(item.get_closest_marker("cuda") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benches/gpu_check.sh runs these)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)

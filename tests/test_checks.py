@@ -207,3 +207,70 @@ def _ratio_run(ratio: float, losses: list[float], grow: float = 1.0):
 ])
 def test_update_ratio_reads_the_loss(ratio, losses, grow, expect):
     assert _ratio_run(ratio, losses, grow) == expect
+
+
+SKIP, LATE = Event("skipped-step"), Event("skipped-step", {"late": True})
+
+
+def skip_steps(pattern: str) -> list[StepFigures]:
+    """One step per character: "s" skipped, "." updated, "l" one late-noticed skip, then updated."""
+    return [StepFigures(k, events={"s": [SKIP], ".": [], "l": [LATE]}[c]) for k, c in enumerate(pattern)]
+
+
+@pytest.mark.parametrize("pattern,expect", [
+    ("s" * 20, [("loss-scale-collapse", None)]),  # 20 in a row: the default 2**16 scale is below 1
+    ("s" * 19 + "." * 10, []),  # a scale that found its level at the start
+    ("s" * 8 + ("." * 19 + "s") * 10, [("loss-scale-collapse", None)]),  # 10 in 200 after the first update
+    ("s" * 8 + ("." * 39 + "s") * 10, []),  # 5 in 200
+    ("l" * 4 + "." * 30 + "s" * 5, []),  # late skips, each followed by an update: no streak, 8 in the rate
+    ("." + ("l" * 10), [("loss-scale-collapse", None)]),  # ... but they count in the rate
+    ("." * 50, []),
+])
+def test_loss_scale_collapse(pattern, expect):
+    assert codes(run(EMPTY, skip_steps(pattern))) == expect
+
+
+def test_skipped_steps_gradients_are_not_non_finite():
+    p = plan(("fc", "activations", "fc", "Linear", {}), ("fc", "gradients", "fc", "Linear", {}))
+    overflow = {("fc", "activations"): {}, ("fc", "gradients"): {"inf": 5}}
+    f = figures(p, 0, overflow, events=[SKIP])
+    f.sampled.grad_order = [p.rows.find("fc", "gradients")]
+    assert codes(run(p, [f])) == []
+    f = figures(p, 0, overflow)
+    f.sampled.grad_order = [p.rows.find("fc", "gradients")]
+    assert codes(run(p, [f])) == [("non-finite", "fc")]
+
+
+def spike_run(losses, *, at=None, grads=None):
+    """Losses per step; at step `at` a sampled step whose layer gradients are `grads` (l2 of
+    l0, l1, l2), the steps before sampled every 4 with unit gradients."""
+    steps = []
+    for s, v in enumerate(losses):
+        if s == at:
+            g = grads or (1.0, 1.0, 1.0)
+        elif s % 4 == 0:
+            g = (1.0, 1.0, 1.0)
+        else:
+            steps.append(StepFigures(s, loss=v, lrs=(0.1,)))
+            continue
+        vals = {(f"l{k}.weight", "gradients"): {"l2": g[k]} for k in range(3)}
+        steps.append(figures(LAYERS, s, vals, loss=v, order=["l0", "l1", "l2"]))
+    return steps
+
+
+NOISY = [1.0 + 0.05 * math.sin(1.7 * k) for k in range(60)]
+
+
+@pytest.mark.parametrize("losses,at,grads,expect,says", [
+    (NOISY[:40] + [9.0] + NOISY[41:], 40, (1.0, 8.0, 9.0), [("loss-spike", "l1")], "'l1' (Linear)"),  # l1 jumped first
+    (NOISY[:40] + [9.0] + NOISY[41:], 40, (1.1, 1.2, 0.9), [("loss-spike", None)], "no layer's gradient norm jumped"),
+    (NOISY[:41] + [9.0] + NOISY[42:], 40, None, [("loss-spike", None)], "not sampled"),  # the loss came after its update
+    (NOISY[:40] + [1.4] + NOISY[41:], None, None, [], ""),  # 40% up: many deviations, but no spike
+    (NOISY[:5] + [9.0] + NOISY[6:], None, None, [], ""),  # too early to know the level
+    ([0.01, 0.01, 0.01, 0.01, 0.01, 3.0] * 10, None, None, [], ""),  # heavy tails: the rare hard batches set the level
+])
+def test_loss_spike(losses, at, grads, expect, says):
+    found = [f for f in run(LAYERS, spike_run(losses, at=at, grads=grads)) if f.code == "loss-spike"]
+    assert codes(found) == expect
+    if expect:
+        assert says in found[0].message and found[0].step == losses.index(9.0)

@@ -492,7 +492,7 @@ def test_import_nnprobe_does_not_import_torch():
 
 
 # ------------------------------------------------------------------------------------- CUDA
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.cuda  # skipped without a GPU (conftest); benches/gpu_check.sh runs them
 
 
 @cuda

@@ -518,6 +518,94 @@ def test_loss_not_decreasing_fixed_with_warmup():
     assert not found(probe, "loss-not-decreasing")
 
 
+# ------------------------------------------------------------------------------- loss-spike
+def spiky(steps, *, corrupt_at=None, bs=32, flip=0.0, seed=0, log_dir=None, late_loss=False, device="cpu"):
+    """Blobs with some labels flipped (a noisy, healthy loss), Adam; at `corrupt_at` a corrupted
+    batch (inputs x5, every label wrong)."""
+    torch.manual_seed(seed)
+    X, y = Z.blobs(2048, seed=seed)
+    g = torch.Generator().manual_seed(2 + seed)
+    y = torch.where(torch.rand(len(y), generator=g) < flip, torch.randint(0, 4, y.shape, generator=g), y)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).to(device)
+    opt = adam(model, lr=3e-3)
+    with nnprobe.watch(model, opt, console=False, log_dir=log_dir) as probe:
+        for s in range(steps):
+            idx = torch.randint(0, len(X), (bs,), generator=g)
+            x, t = X[idx].to(device), y[idx].to(device)
+            if s == corrupt_at:
+                x, t = x * 5, (t + 1) % 4
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), t) if not late_loss else ((model(x) - F.one_hot(t, 4)) ** 2).mean()
+            loss.backward()
+            if not late_loss:
+                probe.step(loss=loss)  # before the update: a spiking step is sampled in full
+            opt.step()
+            if late_loss:
+                probe.step(loss=loss)  # after it: the spike is named, its gradients already applied
+    return probe
+
+
+def test_loss_spike_planted(tmp_path):
+    from nnprobe.replay import judge_log
+
+    probe = spiky(130, corrupt_at=120, log_dir=str(tmp_path))
+    (f,) = found(probe, "loss-spike")
+    # the spike step, sampled in full before its update; the first layer whose gradient jumped
+    assert f.step == 120 and 120 in probe.sampled_steps.tolist()
+    assert f.module == "0" and f.data["grad_jump"] > 4 and f.data["batch"] is None
+    assert sorted((g.code, g.module, g.step) for g in judge_log(tmp_path)) == sorted(
+        (g.code, g.module, g.step) for g in probe.findings)  # the log holds what it read
+
+
+def test_loss_spike_fixed_noisy_small_batches():
+    probe = spiky(250, bs=4, flip=0.3, seed=1)
+    assert loud(probe) == []
+
+
+def test_loss_spike_named_without_gradients_when_the_loss_comes_after_the_update():
+    probe = spiky(130, corrupt_at=120, late_loss=True)
+    (f,) = found(probe, "loss-spike")
+    assert f.step == 120 and "not sampled" in f.message and 121 in probe.sampled_steps.tolist()
+
+
+def test_loss_spike_with_losses_read_one_step_late(monkeypatch):
+    """The CUDA path on the CPU: losses handed over as tensors, read one step later (as a GPU's
+    are, without a synchronisation); the checks still see every step's loss."""
+    import nnprobe.runtime.probe as P
+
+    monkeypatch.setattr(P, "on_device", lambda loss: isinstance(loss, torch.Tensor))  # CPU tensors read late
+    probe = spiky(130, corrupt_at=120)
+    (f,) = found(probe, "loss-spike")
+    assert f.step == 120 and "not sampled" in f.message and 121 in probe.sampled_steps.tolist()
+
+
+@pytest.mark.cuda
+def test_cuda_loss_spike_without_host_sync():
+    """On a GPU the loss reaches the host one step late: the spike is named at its step, and the
+    step after it is sampled."""
+    probe = spiky(130, corrupt_at=120, device="cuda")
+    (f,) = found(probe, "loss-spike")
+    assert f.step == 120 and 121 in probe.sampled_steps.tolist()
+
+
+# ------------------------------------------------------------------------------- loss-scale-collapse
+def test_loss_scale_collapse_planted():
+    from test_amp import scaler_run
+
+    # NaN gradients from a finite forward: the scaler skips every step, its scale falls below 1
+    probe, *_ = scaler_run(iters=24, init_scale=2.0**16, nan_grad=True)
+    (f,) = found(probe, "loss-scale-collapse")
+    assert f.step == 19 and f.data["streak"] == 20
+    assert "non-finite" not in probe.codes()  # the skipped steps' gradients are the scaler's business
+
+
+def test_loss_scale_collapse_fixed():
+    from test_amp import scaler_run
+
+    probe, _, skips, *_ = scaler_run()  # a few overflow skips at the start, and one later
+    assert sum(skips) >= 4 and probe.codes() == set()
+
+
 def test_every_runtime_code_has_a_planted_test():
     import sys
 

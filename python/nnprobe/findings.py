@@ -202,6 +202,38 @@ CATALOGUE: dict[str, Entry] = {
         "the median loss of the last window (max(10, n/5) steps) is not 1% below that of the first window; under "
         "a warm-up, from where the rate reached half its present value.",
     ),
+    "loss-scale-collapse": Entry(
+        "runtime", "warning", "The mixed-precision loss scale keeps collapsing",
+        "A GradScaler skips optimizer.step() whenever the scaled gradients hold inf/NaN, and halves its "
+        "scale. A few skips at the start, then about one per growth_interval, are how it works. Many in a "
+        "row mean the gradients are inf/NaN even at a scale below 1 (a NaN source in the model or the "
+        "loss, or float16 overflow in the forward); frequent skips mean the scale is pushed down over and "
+        "over. Either way the model is not being updated on those steps.",
+        "Look for the source of inf/NaN: run a few steps without the scaler and autocast (nnprobe then "
+        "names the first non-finite module), compute the loss in float32 (outside autocast), use bfloat16 "
+        "instead of float16, or lower the learning rate.",
+        "PyTorch AMP documentation (torch.amp.GradScaler: skipped steps, backoff_factor 0.5, growth_interval "
+        "2000). nnprobe counts iterations that end without optimizer.step() (no scaler argument: a backward "
+        "whose gradients were cleared before the next forward with no step between) and flags 20 in a row (the "
+        "default initial scale 2**16 halved 20 times is below 1) or, after the first update, 10 in the last "
+        "200 iterations (a hundred times a healthy scale's rate).",
+    ),
+    "loss-spike": Entry(
+        "runtime", "warning", "The loss spiked far above its recent level",
+        "A sudden jump of the training loss is a corrupted or mislabelled batch, a step too large for "
+        "the curvature (learning rate, warm-up too short), or the start of a divergence. Large runs "
+        "often recover from one, but each spike costs steps, and repeated spikes end in NaN.",
+        "Look at the named step's batch (save the batches of flagged steps); if the named layer's "
+        "gradient jumped with the loss, clip gradients (torch.nn.utils.clip_grad_norm_), lengthen the "
+        "warm-up or lower the learning rate; in transformers, check the attention logits (QK-norm) "
+        "and the Adam epsilon.",
+        "OLMo and PaLM training reports (loss spikes: skip the batches, restart before the spike); "
+        "Karpathy's recipe (watch the loss). nnprobe: a robust z-score, the loss 10 median absolute "
+        "deviations (x1.4826), 50%, and twice the window's spread (its highest loss less the median) above "
+        "its highest loss, over the last 32 losses (refreshed every 8, and after a spike); the spike "
+        "step's gradients are taken before its update, and the first layer in forward order whose gradient "
+        "norm is 4x its median over the last 5 sampled steps is named.",
+    ),
     # structure (lint)
     "bias-before-norm": Entry(
         "lint", "warning", "A layer's bias is removed by the normalisation after it",

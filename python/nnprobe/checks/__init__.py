@@ -1,8 +1,8 @@
 """The runtime judges: pure functions of a run's figures.
 
-Each check is one file under its family's folder (loss, modes, gradients, units, optimizer); it
-gets the run's plan once and then each step's `StepFigures`, keeps its own small state, and
-returns what it raised. A check never holds a probe, prints, writes or touches a module, so the
+Each check is one file under its family's folder (loss, modes, gradients, units, optimizer,
+precision); it gets the run's plan once and then each step's `StepFigures`, keeps its own small
+state, and returns what it raised. A check never holds a probe, prints, writes or touches a module, so the
 same checks judge a live run (`nnprobe.watch`) and a finished one from its log
 (`nnprobe check LOG_DIR`). `registry.CHECKS` lists them; `judge.Judge` runs them.
 

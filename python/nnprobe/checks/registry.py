@@ -9,11 +9,13 @@ from .gradients.zero_grad import ZeroGradMissing
 from .loss.at_init import LossAtInit
 from .loss.input_format import LossInputFormat
 from .loss.not_decreasing import LossNotDecreasing
+from .loss.spike import LossSpike
 from .modes.eval_mode_training import EvalModeTraining
 from .modes.train_mode_eval import TrainModeEval
 from .optimizer.never_updated import ParamNeverUpdated
 from .optimizer.not_in_optimizer import ParamNotInOptimizer
 from .optimizer.update_ratio import UpdateRatio
+from .precision.loss_scale_collapse import LossScaleCollapse
 from .units.dead import DeadUnits
 from .units.saturated import SaturatedActivations
 
@@ -31,4 +33,6 @@ CHECKS: tuple[type[Check], ...] = (
     UpdateRatio,
     ParamNeverUpdated,
     LossNotDecreasing,
+    LossScaleCollapse,
+    LossSpike,
 )

@@ -5,8 +5,10 @@ squares, minima, maxima) merge exactly with two `all_reduce` calls of the proces
 (one SUM, one MAX carrying negated minima), so every rank ends with the global figures and
 rank 0 reports them. Rows of replicated parameters (plain data parallel: every rank holds the
 same weights and, after DDP's all-reduce, the same gradients) are taken from rank 0 alone, so
-their counts are not multiplied by the world size; rows of sharded parameters (DTensor, FSDP2)
-and of activations merge over all ranks.
+their counts are not multiplied by the world size; rows of sharded parameters (DTensor, FSDP2:
+each rank reduces its local shard) merge over the ranks that hold distinct shards (under HSDP,
+the replicas at coordinate 0 of the replicate dimension; see `plan.duplicate_on_rank`), and
+rows of activations and output gradients (each rank's own batch) over all ranks.
 
 The MAX reduction also carries each rank's proposal for the next sampled step, so that all ranks
 sample the same steps (the collectives must match) whatever each one measured.
@@ -45,9 +47,10 @@ def world_size() -> int:
     return dist.get_world_size()
 
 
-def merge(moments: np.ndarray, replicated: np.ndarray, sat: np.ndarray, dead: np.ndarray, proposal: float
+def merge(moments: np.ndarray, duplicate: np.ndarray, sat: np.ndarray, dead: np.ndarray, proposal: float
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """All-reduce one step's figures. `moments` [rows, 11]; `replicated` bool [rows]; `sat`
+    """All-reduce one step's figures. `moments` [rows, 11]; `duplicate` bool [rows]: rows whose
+    figures on this rank repeat another rank's (left out); `sat`
     saturated-element counts [rows] (summed); `dead` dead-unit fractions [rows] (NaN: unknown).
     A unit dead on the global batch is dead on every rank's share, so the global dead fraction is
     at most the smallest rank's: that bound is what merges (a conservative figure).
@@ -55,13 +58,11 @@ def merge(moments: np.ndarray, replicated: np.ndarray, sat: np.ndarray, dead: np
     import torch
     import torch.distributed as dist
 
-    r = dist.get_rank()
     m = moments.copy()
-    if r != 0:
-        m[replicated] = 0.0
-        m[replicated, MIN] = np.inf
-        m[replicated, MAX] = -np.inf
-        m[replicated, ABSMAX] = -np.inf
+    m[duplicate] = 0.0
+    m[duplicate, MIN] = np.inf
+    m[duplicate, MAX] = -np.inf
+    m[duplicate, ABSMAX] = -np.inf
     nrows = len(m)
     dead_in = np.where(np.isnan(dead), np.inf, dead)
     sum_part = np.concatenate([m[:, _SUM_COLS].ravel(), sat])
@@ -87,17 +88,16 @@ def merge(moments: np.ndarray, replicated: np.ndarray, sat: np.ndarray, dead: np
     return out, sat_out, dead_out, float(x[-1])
 
 
-def merge_hist(hists: dict[int, np.ndarray], rows: int, replicated: np.ndarray) -> dict[int, np.ndarray]:
-    """Sum the histograms of a step over ranks (counts add exactly; replicated parameter rows from
-    rank 0 alone). Every rank takes histograms on the same steps, so the call matches."""
+def merge_hist(hists: dict[int, np.ndarray], rows: int, duplicate: np.ndarray) -> dict[int, np.ndarray]:
+    """Sum the histograms of a step over ranks (counts add exactly; rows whose figures repeat
+    another rank's left out). Every rank takes histograms on the same steps, so the call matches."""
     import torch
     import torch.distributed as dist
 
     bins = len(next(iter(hists.values()))) if hists else 64
     dense = np.zeros((rows, bins))
-    r = dist.get_rank()
     for row, counts in hists.items():
-        if r == 0 or not replicated[row]:
+        if not duplicate[row]:
             dense[row] = counts
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     t = torch.from_numpy(dense).to(device)

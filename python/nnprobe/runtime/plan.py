@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..figures import ROOT, Plan, Rows
+from . import distributed
 from .tensors import local, sample_stride
 
 UPDATE_SAMPLE = 65536  # elements of a parameter kept to measure its update
@@ -48,7 +49,8 @@ class Watched:
     sensitive: list[tuple[str, nn.Module]] = field(default_factory=list)  # train/eval matters
     train_sensitive: list[tuple[str, nn.Module]] = field(default_factory=list)  # ... and should train
     aux_of: dict[int, int] = field(default_factory=dict)  # update row -> the row of its "before" sample
-    replicated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # rows (and aux rows) whose figures on this rank repeat another rank's: left out of the merge
+    duplicate: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def n_aux(self) -> int:
@@ -80,7 +82,7 @@ def compiled(model: nn.Module) -> bool:
 def make(model: nn.Module, optimizers: list[torch.optim.Optimizer], want: dict[str, bool]) -> Watched:
     inner = unwrap(model)
     named = [(name or ROOT, m) for name, m in inner.named_modules()]
-    types = {name: type(m).__name__ for name, m in named}
+    types = {name: type_name(m) for name, m in named}
     rows = Rows()
     w = Watched(Plan(rows, types), inner)
     for name, m in named:
@@ -92,7 +94,8 @@ def make(model: nn.Module, optimizers: list[torch.optim.Optimizer], want: dict[s
             continue
         unit = next((u for cls, u in _UNITS if isinstance(m, cls)), None)
         arow = rows.add(name, "activations", name, types[name], param=False, unit=unit) if want["activations"] else -1
-        grow = rows.add(name, "gradients", name, types[name], param=False) if want["gradients"] else -1
+        # output gradients are of the backward as it ran: a GradScaler's loss scale included (runtime/amp.py)
+        grow = rows.add(name, "gradients", name, types[name], param=False, of="backward") if want["gradients"] else -1
         w.modules.append(WatchedModule(m, name, arow, grow, unit))
 
     groups: dict[int, int] = {}  # id(param) -> flat index of its (optimizer, param group)
@@ -125,13 +128,17 @@ def make(model: nn.Module, optimizers: list[torch.optim.Optimizer], want: dict[s
             r = rows.add(pname, "updates", owner, otype, param=True, stride=k, ratio=p.dim() >= 2, **meta)
             w.update_rows.append((p, r, k))
     w.aux_of = {r: len(rows) + j for j, (_, r, _) in enumerate(w.update_rows)}
-    # rows of replicated parameters (plain data parallel) merge from rank 0 alone; see distributed
-    replicated = np.zeros(len(rows) + w.n_aux, dtype=bool)
-    for i, row in enumerate(rows.rows):
-        replicated[i] = row.param and not row.meta.get("sharded", False)
-    for j, (_, r, _) in enumerate(w.update_rows):
-        replicated[len(rows) + j] = replicated[r]
-    w.replicated = replicated
+    # parameters held whole on every rank (plain data parallel) merge from rank 0 alone; a DTensor
+    # (FSDP2, HSDP) from the ranks at coordinate 0 of every mesh dimension it is not sharded over
+    # (HSDP's replicas), so that each element is counted once; see distributed
+    rank = distributed.rank()
+    dup_of = {id(p): duplicate_on_rank(p, rank) for p, _, _ in w.params}
+    duplicate = np.zeros(len(rows) + w.n_aux, dtype=bool)
+    for p, r in w.grad_rows + w.weight_rows + [(p, r) for p, r, _ in w.update_rows]:
+        duplicate[r] = dup_of[id(p)]
+    for j, (p, _, _) in enumerate(w.update_rows):
+        duplicate[len(rows) + j] = dup_of[id(p)]
+    w.duplicate = duplicate
 
     for name, m in named:
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
@@ -147,6 +154,26 @@ def make(model: nn.Module, optimizers: list[torch.optim.Optimizer], want: dict[s
             w.train_sensitive.append((name, m))
     w.plan.sensitive = [n for n, _ in w.train_sensitive]
     return w
+
+
+def duplicate_on_rank(p: torch.Tensor, rank: int) -> bool:
+    """Whether this rank's copy of a parameter repeats another rank's."""
+    if type(p).__name__ != "DTensor":
+        return rank != 0
+    coord = p.device_mesh.get_coordinate()  # type: ignore[attr-defined]
+    if coord is None:  # this rank holds none of it
+        return True
+    return any(c != 0 for c, pl in zip(coord, p.placements, strict=True) if not pl.is_shard())  # type: ignore[attr-defined]
+
+
+def type_name(m: nn.Module) -> str:
+    """A module's class name; for a module `fully_shard` wrapped (its class becomes a subclass of
+    FSDPModule and the original, named FSDP<name>), the original's, as in the unsharded run."""
+    cls = type(m)
+    bases = cls.__bases__
+    if len(bases) == 2 and bases[0].__name__ == "FSDPModule":
+        cls = bases[1]
+    return cls.__name__
 
 
 def learning_rates(optimizers: list[Any]) -> tuple[float, ...]:

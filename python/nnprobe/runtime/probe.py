@@ -1,6 +1,7 @@
 """`Probe`: a watched training run, from `watch()` to `close()`.
 
-The life of a step (one `optimizer.step()`, or one `probe.step()` without optimizer):
+The life of a step (one `optimizer.step()`, or one `probe.step()` without optimizer; an
+iteration whose update a GradScaler skipped is a step of its own, see `amp`):
 
 - before its forward, when the step is sampled, forward hooks go on the watched modules (they
   are off the other steps: a module with any hook leaves PyTorch's fast call path);
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import DiagnosticError, InputError
-from ..figures import DEAD, KINDS, NF, RATIO, SATURATED, Plan, Sampled, StepFigures
+from ..figures import DEAD, KINDS, NF, RATIO, SATURATED, Event, Plan, Sampled, StepFigures
 from ..findings import Finding
 from ..options import DeviceStats, Every
 
@@ -56,7 +57,7 @@ class Probe:
 
         from ..checks.judge import Judge
         from ..sinks import make_sinks
-        from . import distributed, hooks, loss_tap, plan
+        from . import amp, distributed, hooks, loss_tap, plan
         from .history import History
         from .params import ParamFigures
         from .schedule import Schedule
@@ -99,8 +100,10 @@ class Probe:
         self._open: deque[StepFigures] = deque()  # ended, not judged yet
         self._pending: deque[tuple[StepFigures, Collected]] = deque()  # sampled, figures on their way
         self._explicit: dict[int, float] = {}
-        self._loss_tensors: list[Any] = []
-        self._loss_readback: tuple[int, Any] | None = None
+        self._loss_tensors: list[tuple[int, Any]] = []  # (step, a loss still on its device)
+        self._loss_readback: tuple[list[int], Any] | None = None
+        self._skip_flags: list[tuple[int, Any]] = []  # (step, a fused optimizer's found_inf on its way)
+        self._step_skipped = False
         self._located = 0
         self._nonfinite_step = -1
         self._outside_seen: set[str] = set()
@@ -121,7 +124,11 @@ class Probe:
         self._sentinel: hooks.ZeroGradSentinel | None = None
         ref = weakref.ref(self)
         self._atexit = functools.partial(_close_if_alive, ref)
+        self._skips: Any = None
         try:
+            mark = amp.marker(w.params, w.in_optimizer) if opts else None
+            if mark is not None:  # before the root pre-hook: a skipped step ends before the next forward counts
+                self._skips = amp.SkipWatch(st, w.model, mark, self._hooks, _weak(ref, "_on_skipped"))
             self._hooks.forward_pre(model, hooks.root_pre_hook(st, model, w.sensitive), with_kwargs=True)
             if opts:
                 self._hooks.optimizer(opts[0], _weak(ref, "_on_step_pre"), _weak(ref, "_on_step_post"))
@@ -174,6 +181,9 @@ class Probe:
             return None
         t0 = st.clock()
         try:
+            if self._skips is not None:
+                self._skips.stepping(self._w.params, self._w.in_optimizer)
+            self._resolve_device_losses(st.step)  # the last step's device loss, into its figures before they are judged
             self._seal(st.step)
             self._pre_step()
         except Exception as e:  # noqa: BLE001
@@ -204,6 +214,7 @@ class Probe:
                     self._outside_seen.add(pname)
                     st.event("outside-grad", param=pname, module=owner, norm=norm)
         figs.lrs = self._learning_rates(self._opts)
+        self._step_skipped = self._fused_skip(s)
         rec = st.record
         if rec is None and late and not self._dist:
             # a non-finite or jumping loss on a step that was not sampled: its gradients and weights
@@ -211,7 +222,7 @@ class Probe:
             from .record import StepRecord
 
             rec = st.record = StepRecord(s, len(self.plan.rows), self._policy, hist=False, judged=True)
-        if rec is not None:
+        if rec is not None and not self._step_skipped:
             self._params.weights(rec)
             self._rerun(rec)
 
@@ -229,17 +240,37 @@ class Probe:
         except Exception as e:  # noqa: BLE001
             st.fail("activations", e)
 
+    def _fused_skip(self, s: int) -> bool:
+        """A GradScaler skipping this step inside a fused optimizer (amp.py): known now on the CPU,
+        at the next step on a device."""
+        from .amp import found_inf
+
+        flag = found_inf(self._opts[0])
+        if flag is None:
+            return False
+        if flag.device.type != "cpu":
+            from .tensors import Readback
+
+            self._skip_flags.append((s, Readback(flag.detach().float().reshape(1))))
+            return False
+        if not float(flag):
+            return False
+        self._state.event("skipped-step", fused=True)
+        return True
+
     def _on_step_post(self, opt: Any, args: Any, kwargs: Any) -> None:
         st = self._state
         if st.busy or self._closed:
             return None
         t0 = st.clock()
         rec, s = st.record, st.step
+        if self._skips is not None:
+            self._skips.stepped()
         try:
             # losses computed inside step() (a closure: LBFGS, Lightning): this step's, after the update
             if self._loss_obs.values or self._loss_obs.tensors:
                 self._take_loss(s, before_update=False)
-            if rec is not None:
+            if rec is not None and not self._step_skipped:
                 self._params.grads(rec)
                 self._params.updates(rec)
             self._end_step(s)
@@ -250,6 +281,34 @@ class Probe:
         self._schedule.clock(st.clock(), s, st.own_cheap, rec)
         st.own_cheap = 0.0
         return None
+
+    def _on_skipped(self, late: bool) -> None:
+        """An iteration ended without optimizer.step() (a GradScaler skipped it; see amp.py): a
+        step of its own, judged without its expected inf/NaN gradients. Noticed late (at the
+        next backward), it is only counted, in the step that follows."""
+        st = self._state
+        if st.busy or self._closed:
+            return
+        if late:
+            st.event("skipped-step", late=True)
+            return
+        t0 = st.clock()
+        rec, s = st.record, st.step
+        try:
+            self._seal(s)
+            self._take_loss(s, before_update=True)
+            self._resolve_device_losses(s)
+            st.fwd_grad = 0
+            self._figs.lrs = self._learning_rates(self._opts)
+            st.event("skipped-step")
+            if rec is not None and not self._dist:
+                self._schedule.force_next = True  # the sample goes on to a step that updates
+            self._end_step(s)
+        except Exception as e:  # noqa: BLE001
+            st.fail("skipped steps", e)
+        st.charge(st.clock() - t0, rec)
+        self._schedule.clock(st.clock(), s, st.own_cheap, rec)
+        st.own_cheap = 0.0
 
     def _end_step(self, s: int) -> None:
         """Shared by the optimizer post-hook and probe.step() without optimizer."""
@@ -289,7 +348,7 @@ class Probe:
         obs.resolve()
         vals, obs.values = obs.values, []
         if obs.tensors:
-            self._loss_tensors.extend(obs.tensors)
+            self._loss_tensors.extend((s, t) for t in obs.tensors)
             obs.tensors = []
         if s in self._explicit:
             loss: float | None = self._explicit.pop(s)
@@ -331,7 +390,7 @@ class Probe:
     def _set_loss(self, step: int, value: float) -> None:
         """A loss that arrived after its step ended (probe.step after optimizer.step, a device
         copy): into that step's figures while they are not judged yet."""
-        for figs in reversed(self._open):
+        for figs in (self._figs, *reversed(self._open)):
             if figs.step == step:
                 figs.loss = value
                 return
@@ -340,12 +399,21 @@ class Probe:
 
     def _resolve_device_losses(self, s: int) -> None:
         """CUDA losses: start their copy now, take them at the next step (no wait in the step)."""
+        while self._skip_flags:
+            step, flag = self._skip_flags.pop(0)
+            if flag.get()[0]:
+                figs = next((f for f in self._open if f.step == step), None)
+                if figs is not None:
+                    figs.events.append(Event("skipped-step", {"fused": True}))
         if self._loss_readback is not None:
-            step, rb = self._loss_readback
+            steps, rb = self._loss_readback
             vals = rb.get()
             self._loss_readback = None
-            if len(vals):
-                v = float(np.mean(vals))
+            by_step: dict[int, list[float]] = {}
+            for step, v in zip(steps, vals, strict=True):
+                by_step.setdefault(step, []).append(float(v))
+            for step, vs in by_step.items():
+                v = float(np.mean(vs))
                 self._set_loss(step, v)
                 self._judge_loss_now(step, v, before_update=False)
         if self._loss_tensors:
@@ -353,9 +421,9 @@ class Probe:
 
             from .tensors import Readback
 
-            t = torch.stack([x.float() for x in self._loss_tensors])
+            t = torch.stack([x.detach().float().reshape(()) for _, x in self._loss_tensors])
+            self._loss_readback = ([step for step, _ in self._loss_tensors], Readback(t))
             self._loss_tensors = []
-            self._loss_readback = (s, Readback(t))
 
     # ------------------------------------------------------------------ figures -> checks, history, sinks
     def _finish_pending(self, s: int, wait: bool = False) -> None:
@@ -386,12 +454,12 @@ class Probe:
             dead_arr[row] = v
         proposal = float(self._schedule.proposal(rec.step))
         if self._dist:
-            moments, sat_arr, dead_arr, proposal = self._distributed.merge(moments, self._w.replicated, sat_arr, dead_arr, proposal)
+            moments, sat_arr, dead_arr, proposal = self._distributed.merge(moments, self._w.duplicate, sat_arr, dead_arr, proposal)
         self._schedule.agree(proposal)
         mat = figures_matrix(moments, sat_arr, dead_arr, rec, [(m.act_row, m.unit) for m in self._w.modules], R)
         hists = {row: c for row, c in rec.hists.items() if row < R}
         if self._dist and rec.hist:
-            hists = self._distributed.merge_hist(hists, R, self._w.replicated[:R])
+            hists = self._distributed.merge_hist(hists, R, self._w.duplicate[:R])
         figs.sampled = Sampled(mat.astype(np.float32), list(rec.act_order), list(rec.grad_order), set(rec.dead_below),
                                judged=rec.judged, hists=hists, units=dict(rec.units))
 
@@ -441,6 +509,11 @@ class Probe:
             return
         try:
             value = None
+            if loss is not None and on_device(loss):
+                # read at the next step without a synchronisation, like the loss tap's device losses
+                late = not (st.fwd_grad > 0 or st.step == 0) and bool(self._opts)
+                self._loss_tensors.append((st.step - 1 if late else st.step, loss.detach().float().mean()))
+                loss = None
             if loss is not None:
                 value = float(loss.detach().float().mean()) if hasattr(loss, "detach") else float(loss)
             if self._opts:
@@ -587,6 +660,12 @@ class Probe:
         from ..report import from_probe, render
 
         return str(render(from_probe(self), path))
+
+
+def on_device(loss: Any) -> bool:
+    """A loss tensor that is not on the host (reading it now would wait for the device)."""
+    device = getattr(loss, "device", None)
+    return device is not None and getattr(device, "type", "cpu") != "cpu"
 
 
 def _weak(ref: weakref.ReferenceType[Probe], method: str) -> Callable[..., None]:

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from ..checks.loss.spike import RobustLimit
+
 FIRST_STEPS = 5  # always sampled: init checks and the first gradient norms need them
 DENSITY = 4  # the floor's gap is step / DENSITY ...
 MAX_GAP = 1000  # ... up to this many steps
 AUTO_AIM = 0.8  # the time budget aims at this share of `overhead`, keeping the rest as margin
 HIST_EVERY = 10  # histograms on one sampled step in HIST_EVERY, the first included
-JUMP_Z = 10.0  # a loss this many robust deviations above its recent median has "jumped"
 JUMP_GAP = 20  # steps between two samples forced by loss jumps
 
 
@@ -47,10 +48,9 @@ class Schedule:
         self._cost_est: float | None = None
         self._bare_boot: float | None = None
         self._spent = 0.0
-        # loss jumps: a fact of the run (the loss values), so the samples they force are judged
-        self._recent: deque[float] = deque(maxlen=32)
-        self._seen_losses = 0
-        self._jump_limit = math.inf
+        # loss jumps: a fact of the run (the loss values), so the samples they force are judged; the
+        # level is loss-spike's, so the spike step's gradients are there for its finding
+        self._level = RobustLimit()
         self._last_jump = -JUMP_GAP
 
     def judged(self, step: int) -> bool:
@@ -73,20 +73,13 @@ class Schedule:
         return not isinstance(self.every, int) and step >= self._next_auto and not pending
 
     def jumped(self, loss: float, step: int) -> bool:
-        """A loss far above the recent ones: JUMP_Z robust deviations and half again above the median
-        of the last 32 losses (a late, tiny, noisy loss has outliers that are no event). The limit is
-        refreshed every 8 losses; a jump forces a sample at most once in JUMP_GAP steps."""
-        jump = loss > self._jump_limit and step - self._last_jump >= JUMP_GAP
+        """A loss far above the recent ones, by loss-spike's robust level (checks/loss/spike.py: 10
+        robust deviations and half again above the median of the last 32 losses, refreshed every 8);
+        a jump forces a sample at most once in JUMP_GAP steps."""
+        jump = self._level.exceeds(loss) and step - self._last_jump >= JUMP_GAP
         if jump:
             self._last_jump = step
-        self._recent.append(loss)
-        self._seen_losses += 1
-        if len(self._recent) >= 10 and self._seen_losses % 8 == 0:
-            ys = sorted(self._recent)
-            med = ys[len(ys) // 2]
-            dev = sorted(abs(y - med) for y in ys)
-            mad = dev[len(dev) // 2] * 1.4826
-            self._jump_limit = med + max(JUMP_Z * mad, 0.5 * abs(med), 1e-12)
+        self._level.add(loss)
         return jump
 
     def take_hist(self) -> bool:

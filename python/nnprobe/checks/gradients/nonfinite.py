@@ -4,6 +4,7 @@ On a sampled step the figures say it: the first activation (in forward order) ho
 else the first output gradient (in backward order) that turned non-finite, else the parameter
 gradient closest to the loss, else the weights. On any other step a non-finite loss has been
 located by the probe (re-running the saved inputs module by module) and arrives as an event.
+The output gradients of a step whose update was skipped ("skipped-step") are not judged.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ class NonFinite(Check):
                              "forward; the layers before it were finite", rows[i].module, figs.step,
                              {"phase": "forward", "nan": nan, "inf": inf})
                 return
-        bad = [k for k, i in enumerate(s.grad_order) if nonfinite(mat[i])]
+        # a step whose update was skipped (a GradScaler found inf/NaN in its scaled gradients) holds
+        # those gradients in its output-gradient figures: expected, not a finding; the parameter
+        # gradients the optimizer used are still judged
+        skips = [e for e in figs.events if e.kind == "skipped-step"]
+        bad = [] if skips else [k for k, i in enumerate(s.grad_order) if nonfinite(mat[i])]
         if bad:
             k = bad[0]
             if k > 0:
@@ -55,7 +60,11 @@ class NonFinite(Check):
                 msg = f"the gradient reaching {run.label(origin)}'s output is already non-finite: it comes from the loss"
             yield Raised("non-finite", msg, origin, figs.step, {"phase": "backward"})
             return
-        pgrads = [i for i, r in enumerate(rows) if r.param and r.kind == "gradients" and seen(mat[i]) and nonfinite(mat[i])]
+        # a skipped step's parameter gradients, read by the optimizer hooks of a fused optimizer,
+        # are its scaled ones (a skip noticed late leaves the next, applied step's)
+        fused = any(not e.data.get("late") for e in skips)
+        pgrads = [] if fused else [i for i, r in enumerate(rows) if r.param and r.kind == "gradients" and seen(mat[i])
+                                   and nonfinite(mat[i])]
         if pgrads:
             i = max(pgrads, key=lambda j: run.position(rows[j].module))
             yield Raised("non-finite", f"the gradient of {rows[i].name} holds {nonfinite(mat[i])} NaN/Inf values "
