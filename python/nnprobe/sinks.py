@@ -112,14 +112,16 @@ class JsonlSink(Sink):
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
         os.makedirs(log_dir, exist_ok=True)
         self.path = os.path.join(log_dir, new_log_name())
-        # "x": a name taken by another probe is an error here, never a truncated log there
-        self._f = open(self.path, "x", encoding="utf-8")
+        # "x": a name taken by another probe is an error here, never a truncated log there.
+        # Unbuffered: each record goes out in one write() of the whole line, so a process killed
+        # mid-run leaves whole lines (a buffered file flushes a long record in several writes)
+        self._f = open(self.path, "xb", buffering=0)
         self._rows: Rows | None = None
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, separators=(",", ":"), allow_nan=False))
-        self._f.write("\n")
-        self._f.flush()
+        line = memoryview((json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8"))
+        while line:  # a regular file takes it in one call; a short write is finished, not dropped
+            line = line[self._f.write(line) or 0 :]
 
     def start(self, meta: dict[str, Any], plan: Plan) -> None:
         self._rows = plan.rows

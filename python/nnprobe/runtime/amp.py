@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 import torch
 
-from .hooks import HookSet
+from .hooks import HookSet, forget
 from .state import LiveState
 
 
@@ -63,7 +63,21 @@ class SkipWatch:
         self._mark: tuple[weakref.ReferenceType[torch.Tensor], int] | None = None
         self._in_step = False
         self.watch(param)
-        hooks.forward_pre(root, self._before_forward, with_kwargs=True)
+        hooks.forward_pre(root, self._pre_hook(), with_kwargs=True)
+
+    def _pre_hook(self) -> Callable[..., None]:
+        """A plain function, not a bound method: a deepcopy of the model copies its hook dicts, and a
+        bound method would drag a copy of this object (and the probe's state) along."""
+
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            if torch.compiler.is_compiling():
+                return None
+            if module is not self._root():
+                forget(module, hook)  # an EMA copy of the watched model: take the hook off it
+                return None
+            return self._before_forward(module, args, kwargs)
+
+        return hook
 
     def watch(self, param: torch.Tensor) -> None:
         """Mark `param` from now on (an earlier one that never got a gradient is dropped)."""

@@ -17,7 +17,7 @@ import torch
 
 from .record import StepRecord
 from .state import LiveState
-from .tensors import INF, NAN, core_rows, first_float_tensor, host_input, readable
+from .tensors import INF, NAN, core_rows, first_float_tensor, host_input, local, readable
 
 
 class HookSet:
@@ -104,7 +104,7 @@ def root_pre_hook(state: LiveState, root: torch.nn.Module, sensitive: list[tuple
             state.traced = True
             return None
         if module is not root:
-            _forget(module, hook)  # a deepcopy of the watched model (an EMA copy): take the hook off it
+            forget(module, hook)  # a deepcopy of the watched model (an EMA copy): take the hook off it
             return None
         if state.closed or state.busy or state.rerun:
             return None
@@ -127,7 +127,7 @@ def root_pre_hook(state: LiveState, root: torch.nn.Module, sensitive: list[tuple
     return hook
 
 
-def _forget(module: torch.nn.Module, hook: Callable[..., Any]) -> None:
+def forget(module: torch.nn.Module, hook: Callable[..., Any]) -> None:
     """Remove `hook` from a module's forward (pre-)hooks (PyTorch iterates over a copy of them)."""
     for hooks, extras in ((module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
                           (module._forward_hooks, (module._forward_hooks_with_kwargs, module._forward_hooks_always_called))):
@@ -154,7 +154,7 @@ class ZeroGradSentinel:
         """Is this parameter's gradient non-finite now? A non-finite loss makes every gradient so:
         an every-step check that needs no loss value. On the CPU only (a device would synchronise)."""
         p = self.param()
-        g = None if p is None else p.grad
+        g = None if p is None or p.grad is None else local(p.grad)  # a DTensor's local shard (FSDP2)
         if g is None or g.device.type != "cpu" or not readable(g):
             return False
         row = core_rows([host_input(g)])[0]  # one pass in the core: several times cheaper than isfinite().all()
@@ -196,7 +196,7 @@ def forward_hook(state: LiveState, owner: torch.nn.Module, act_row: int, grad_ro
             state.traced = True
             return None
         if module is not owner:
-            _forget(module, hook)  # a deepcopy of the watched model: take the hook off it
+            forget(module, hook)  # a deepcopy of the watched model: take the hook off it
             return None
         rec = state.record
         if rec is None or state.busy or not (state.rerun or torch.is_grad_enabled()) or in_backward() != -1:

@@ -195,7 +195,8 @@ class Probe:
         st, figs = self._state, self._figs
         s = st.step
         late = self._take_loss(s, before_update=True)
-        if not late and self._sentinel is not None and self._sentinel.gradient_nonfinite():
+        self._step_skipped = self._fused_skip(s)
+        if not late and not self._step_skipped and self._sentinel is not None and self._sentinel.gradient_nonfinite():
             # no loss seen this step, or a finite one: a non-finite gradient says it all the same
             self._on_nonfinite_loss(s, math.nan, before_update=True, what="its gradient is non-finite")
             late = True
@@ -214,7 +215,6 @@ class Probe:
                     self._outside_seen.add(pname)
                     st.event("outside-grad", param=pname, module=owner, norm=norm)
         figs.lrs = self._learning_rates(self._opts)
-        self._step_skipped = self._fused_skip(s)
         rec = st.record
         if rec is None and late and not self._dist:
             # a non-finite or jumping loss on a step that was not sampled: its gradients and weights
