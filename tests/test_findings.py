@@ -10,7 +10,9 @@ logits-into-nll non-finite exploding-gradients vanishing-gradients dead-units sa
 update-ratio param-not-in-optimizer param-never-updated loss-not-decreasing bias-before-norm
 dropout-before-batchnorm activation-on-logits stacked-linear final-bias-init batch-mixing causal-leak
 view-mixes-batch class-imbalance unnormalized-inputs non-finite-data constant-features
-duplicate-samples train-test-overlap cannot-overfit-batch input-independent not-reproducible""".split()
+duplicate-samples train-test-overlap cannot-overfit-batch input-independent not-reproducible
+loss-clipped lr-schedule overfitting no-validation loss-scale-mismatch target-in-input
+pretrained-input-mismatch gradient-mismatch""".split()
 
 
 def test_catalogue_is_exactly_the_spec_codes():

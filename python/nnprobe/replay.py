@@ -81,6 +81,7 @@ def judge_log(path: str | os.PathLike[str]) -> list[Finding]:
     judge = Judge(plan)
     for figs in figures:
         judge.judge(figs)
+    judge.finish()
     return judge.findings
 
 

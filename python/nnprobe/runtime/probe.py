@@ -472,6 +472,8 @@ class Probe:
             self._resolve_device_losses(st.step)
             self._finish_pending(st.step, wait=True)
             self._seal(st.step + 1, wait=True)
+            for f in self._judge.finish() if self._judge is not None else ():
+                self._to_sinks("finding", f)
         except DiagnosticError:
             raise
         except Exception as e:  # noqa: BLE001
