@@ -219,9 +219,9 @@ CATALOGUE: dict[str, Entry] = {
         "mistakes list (#16, inadequate learning rate scheduling). nnprobe reads every param group's "
         "learning rate every step. It fires when a rate that had been positive stays at zero for 10 "
         "steps and 2% of the run so far, or when it falls below 1% of its peak at a step t while the loss "
-        "was still falling (2% lower over the last max(5, t/4) steps than over the window before) and, "
-        "after as many steps again below 1%, the loss has gained less than half of what that last "
-        "window gained. A cosine or multi-step schedule reaches 1% in the last part of the run (cosine at "
+        "was still falling (2% lower over the last max(5, min(t/4, 100)) steps than over the window before) and, "
+        "after as many steps again below 1%, the loss falls at less than half the rate of that last "
+        "window. A cosine or multi-step schedule reaches 1% in the last part of the run (cosine at "
         "94%), so it never spends as long below 1% as above it and stays silent; ReduceLROnPlateau "
         "lowers the rate only once the loss has stopped falling.",
     ),
@@ -235,7 +235,8 @@ CATALOGUE: dict[str, Entry] = {
         "mistakes list (#18, ignoring early stopping). nnprobe takes the validation loss from losses "
         "computed under no_grad/inference_mode while the probe is open, or probe.step(val_loss=...). "
         "It fires when the validation loss rose at 3 evaluations in a row and ends 2% above its best, "
-        "while the median training loss since the best evaluation is 1% below the median before it: "
+        "while the median training loss over the last evaluation interval is 1% below its median over the first "
+        "interval of the rise: "
         "one noisy evaluation is not a trend, and a rise that the training loss shares is not "
         "overfitting. The finding names the best step.",
     ),

@@ -8,11 +8,17 @@ from .gradients.nonfinite import NonFinite
 from .gradients.zero_grad import ZeroGradMissing
 from .loss.at_init import LossAtInit
 from .loss.input_format import LossInputFormat
+from .loss.no_validation import NoValidation
 from .loss.not_decreasing import LossNotDecreasing
+from .loss.overfitting import Overfitting
+from .inputs.pretrained_input import PretrainedInputMismatch
+from .loss.clipped import LossClipped
+from .loss.scale_mismatch import LossScaleMismatch
 from .modes.eval_mode_training import EvalModeTraining
 from .modes.train_mode_eval import TrainModeEval
 from .optimizer.never_updated import ParamNeverUpdated
 from .optimizer.not_in_optimizer import ParamNotInOptimizer
+from .optimizer.lr_schedule import LrSchedule
 from .optimizer.update_ratio import UpdateRatio
 from .units.dead import DeadUnits
 from .units.saturated import SaturatedActivations
@@ -31,4 +37,10 @@ CHECKS: tuple[type[Check], ...] = (
     UpdateRatio,
     ParamNeverUpdated,
     LossNotDecreasing,
+    LossClipped,
+    LossScaleMismatch,
+    PretrainedInputMismatch,
+    LrSchedule,
+    Overfitting,
+    NoValidation,
 )
