@@ -31,6 +31,9 @@ class HookSet:
     def __len__(self) -> int:
         return len(self._handles)
 
+    def ids(self) -> set[int]:
+        return {h.id for h in self._handles}
+
     def forward(self, module: torch.nn.Module, fn: Callable[..., Any]) -> None:
         self._handles.append(module.register_forward_hook(fn))
 

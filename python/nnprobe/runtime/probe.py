@@ -59,6 +59,7 @@ class Probe:
         from .params import ParamFigures
         from .schedule import Schedule
         from .state import LiveState
+        from .taps import RecipeTaps
 
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"watch() expects a torch.nn.Module, got {type(model).__name__}")
@@ -105,7 +106,6 @@ class Probe:
         self._log_figures: list[dict[str, Any]] = []
         self._logged_lrs: tuple[float, ...] | None = None
         self._closed = False
-
         self._sinks = make_sinks(console=console, log_dir=log_dir, tensorboard=tensorboard, wandb=wandb) if distributed.rank() == 0 else []
         meta = {"model": type(w.model).__name__, "every": every, "overhead": overhead,
                 "world_size": distributed.world_size(), "device_stats": self._policy}
@@ -116,6 +116,9 @@ class Probe:
         self._hookset = hooks.HookSet
         self._fwd_hooks = [hooks.forward_hook(st, m.module, m.act_row, m.grad_row, m.unit) for m in w.modules]
         self._sentinel: hooks.ZeroGradSentinel | None = None
+        fref, hs = weakref.ref(self), (self._hooks, self._sampled_hooks)  # the taps must not hold the probe
+        self._taps = RecipeTaps(st, w.model, self._loss_obs, self._open, lambda: (lambda p: p and p._figs)(fref()),
+                                lambda: hs[0].ids() | hs[1].ids(), distributed=bool(self._dist))
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda p: p is not None and p.close())(ref())
         try:
@@ -125,8 +128,8 @@ class Probe:
             loss_tap.attach(self._loss_obs)
             atexit.register(self._atexit)
             # a probe dropped without close(): its hooks and loss tap go with it
-            self._finalizer = weakref.finalize(self, _release, st, [self._hooks, self._sampled_hooks], loss_tap,
-                                               self._loss_obs)
+            self._finalizer = weakref.finalize(self, _release, st, [self._hooks, self._sampled_hooks, self._taps.hookset],
+                                               loss_tap, self._loss_obs)
             self._begin_step()
         except BaseException:
             self.close()  # a half-made probe leaves nothing behind
@@ -164,6 +167,7 @@ class Probe:
             return None
         t0 = st.clock()
         try:
+            self._taps.before_seal()
             self._seal(st.step)
             self._pre_step()
         except Exception as e:  # noqa: BLE001
@@ -176,6 +180,7 @@ class Probe:
         s = st.step
         late = self._take_loss(s, before_update=True)
         self._resolve_device_losses(s)
+        self._taps.end_of_backward(figs, s)
         w = self._w
         if w.train_sensitive and not any(m.training for _, m in w.train_sensitive):
             st.event("all-eval")
@@ -212,6 +217,7 @@ class Probe:
                 self._params.grads(rec)
                 self._params.updates(rec)
             self._end_step(s)
+            self._taps.after_step(s)
         except Exception as e:  # noqa: BLE001
             st.fail("step bookkeeping", e)
             st.step = s + 1
@@ -398,10 +404,12 @@ class Probe:
                 self._state.fail(f"sink {type(sk).__name__}", e)
 
     # ================================================================== public API
-    def step(self, loss: Any = None) -> None:
+    def step(self, loss: Any = None, val_loss: Any = None) -> None:
         """Mark the end of a training step (without optimizer), and/or give its loss (a tensor or a
-        number). With an optimizer, steps are counted by optimizer.step(): a loss given after it
-        belongs to the step just taken, one given before it to the step in progress."""
+        number) and a validation loss (held-out data; None on steps without an evaluation). With an
+        optimizer, steps are counted by optimizer.step(): a loss given after it belongs to the step
+        just taken, one given before it to the step in progress. A loss tensor's graph is read for
+        an upper clamp (`loss-clipped`)."""
         st = self._state
         if self._closed:
             return
@@ -409,10 +417,15 @@ class Probe:
             value = None
             if loss is not None:
                 value = float(loss.detach().float().mean()) if hasattr(loss, "detach") else float(loss)
+            if val_loss is not None:
+                self._figs.val_loss = float(val_loss.detach().float().mean()) if hasattr(val_loss, "detach") else float(val_loss)
             if self._opts:
                 if value is None:
                     return
-                if st.fwd_grad > 0 or st.step == 0:
+                of = st.step if st.fwd_grad > 0 or st.step == 0 else st.step - 1
+                if getattr(loss, "grad_fn", None) is not None:
+                    self._taps.loss_given(loss, of)
+                if of == st.step:
                     self._explicit[st.step] = value  # read by the optimizer pre-hook
                 else:
                     self._set_loss(st.step - 1, value)
@@ -422,8 +435,12 @@ class Probe:
             s = st.step
             if value is not None:
                 self._explicit[s] = value
+            if getattr(loss, "grad_fn", None) is not None:
+                self._taps.loss_given(loss, s)
+            self._taps.before_seal()
             self._take_loss(s, before_update=False)
             self._resolve_device_losses(s)
+            self._taps.end_of_backward(self._figs, s)
             self._figs.lrs = None
             w = self._w
             if st.fwd_grad > 0 and w.train_sensitive and not any(m.training for _, m in w.train_sensitive):
@@ -433,6 +450,7 @@ class Probe:
             if rec is not None:
                 self._params.updates(rec)
             self._end_step(s)
+            self._taps.after_step(s)
             self._seal(st.step)
             st.charge(st.clock() - t0, rec)
             self._schedule.clock(st.clock(), s, st.own_cheap, rec)
@@ -463,7 +481,8 @@ class Probe:
         self._params.snapshot = []
         try:
             self._loss_obs.resolve(wait=True)
-            if st.events:
+            self._taps.at_close(self._figs)
+            if st.events or self._figs.val_loss is not None:
                 # events after the last step (an evaluation after training): a step of their own
                 self._figs.events, st.events = st.events, []
                 self._figs.lrs = self._learning_rates(self._opts) if self._opts else None
@@ -539,6 +558,17 @@ class Probe:
             known = sorted({r.name for r in rows.rows if r.kind == kind})
             raise KeyError(f"no {kind} row named {name!r}; watched: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}")
         return self._history.aggregate(members, stat)
+
+    def first_batch(self) -> dict[str, Any] | None:
+        """The first training batch as the model got it (up to 64 examples of its first tensor
+        argument, as NumPy) and the first loss call's targets: {"inputs", "targets"}; None before it."""
+        return self._taps.glimpse.first_batch()
+
+    def predictions(self) -> dict[str, Any] | None:
+        """Prediction dynamics on one fixed batch (the first 16 examples of the first batch):
+        {"steps" [S], "values" [S, K] (p(true class) when kind == "p_true", else the first output),
+        "kind", "targets", "seconds" (median cost of one capture)}; None when none was taken."""
+        return self._taps.glimpse.predictions()
 
     def summary(self) -> str:
         """A per-layer table of the latest sampled figures, and the findings."""
