@@ -314,11 +314,10 @@ CATALOGUE: dict[str, Entry] = {
     ),
     "causal-leak": Entry(
         "deps", "error", "An output depends on future inputs",
-        "An autoregressive model must only see positions <= t; a missing or off-by-one causal mask, "
-        "a non-causal convolution, or targets equal to the inputs at the same position (a missing "
-        "shift by one) let it read the token it predicts.",
-        "Check the attention mask (torch.triu(..., diagonal=1)) and the convolution padding (left "
-        "only); for data, inputs = tokens[:, :-1] and targets = tokens[:, 1:].",
+        "An autoregressive model must only see positions <= t; a missing or off-by-one causal mask "
+        "or a non-causal convolution lets it read the token it predicts (targets equal to the inputs "
+        "in the data are target-in-input).",
+        "Check the attention mask (torch.triu(..., diagonal=1)) and the convolution padding (left only).",
         "Karpathy's recipe ('autoregressive model takes as input the word it is trying to predict').",
     ),
     "view-mixes-batch": Entry(
