@@ -751,44 +751,15 @@ def test_loss_scale_mismatch_fixed(weight, scale):
 
 
 # --------------------------------------------------------------------- pretrained-input-mismatch
-class Pretrained(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(8)
-        self.act = nn.ReLU()
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.head(self.act(self.bn(self.conv(x))).mean((2, 3)))
-
-
-def images(n=64, seed=0, raw=False):
-    """Images standardised per channel (as in 'pretraining'), or raw 0-255 pixels."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, 8, 8, generator=g)
-    return x * 255 if raw else (x - 0.5) / 0.29
-
-
-def pretrained_model():
-    torch.manual_seed(0)
-    model = Pretrained()
-    model.train()
-    with torch.no_grad():
-        for k in range(30):  # "pretraining": the running statistics see standardised images
-            model(images(seed=100 + k))
-    return model
-
-
 @pytest.mark.parametrize("raw", [True, False], ids=["raw-pixels", "normalised"])
 def test_pretrained_input_mismatch_at_the_first_step(raw):
-    model = pretrained_model()
+    model = Z.pretrained_cnn()
     opt = adam(model)
     g = torch.Generator().manual_seed(1)
     with nnprobe.watch(model, opt, console=False) as probe:
         for k in range(3):
             opt.zero_grad()
-            F.cross_entropy(model(images(seed=k, raw=raw)), torch.randint(0, 4, (64,), generator=g)).backward()
+            F.cross_entropy(model(Z.images(seed=k, raw=raw)), torch.randint(0, 4, (64,), generator=g)).backward()
             opt.step()
     fs = found(probe, "pretrained-input-mismatch")
     if raw:
@@ -801,8 +772,8 @@ def test_pretrained_input_mismatch_at_the_first_step(raw):
 
 def test_a_fresh_batchnorm_is_not_pretrained():
     torch.manual_seed(0)
-    model = Pretrained()
-    probe = watched(model, adam(model), iter(lambda: (images(raw=True), torch.zeros(64, dtype=torch.long)), None), 3)
+    model = Z.PretrainedCNN()
+    probe = watched(model, adam(model), iter(lambda: (Z.images(raw=True), torch.zeros(64, dtype=torch.long)), None), 3)
     assert not found(probe, "pretrained-input-mismatch")
 
 

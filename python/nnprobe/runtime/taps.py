@@ -44,7 +44,7 @@ class RecipeTaps:
         self._pending: list[tuple[int, Any, Callable[[int, np.ndarray], None]]] = []
         self._bn_done = False
         for name, m in model.named_modules():
-            if _pretrained_bn(m):
+            if pretrained_bn(m):
                 self._bn_hooks.forward_pre(m, self._bn_hook(name or "(root)", m))
 
     # ---- events into the right step
@@ -170,7 +170,7 @@ class RecipeTaps:
         self.event_at(step, "bn-input", {"module": name, **bn_input_figures(v[0], v[1], v[2], v[3], eps)})
 
 
-def _pretrained_bn(m: torch.nn.Module) -> bool:
+def pretrained_bn(m: torch.nn.Module) -> bool:
     """A BatchNorm whose running statistics have seen data (a pretrained checkpoint)."""
     if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or m.running_mean is None or m.running_var is None:
         return False
