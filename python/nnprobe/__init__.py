@@ -5,6 +5,7 @@ from .findings import CATALOGUE, Finding, explain
 from .errors import DeviceError, DiagnosticError, DtypeError, InputError, LayoutError, NnprobeError
 from .preflight.data import DataReport, inspect_data
 from .preflight.deps import DependencyMask, DependencyReport, check_batch_independence, check_causal, dependency_mask
+from .preflight.gradients import GradientReport, check_gradients
 from .preflight.init import InitReport, check_init
 from .preflight.layout_trace import LayoutTrace, trace_layout
 from .preflight.lint import LintReport, lint
@@ -29,6 +30,7 @@ __all__ = [
     "DependencyMask",
     "DependencyReport",
     "DoctorReport",
+    "GradientReport",
     "InitReport",
     "LayoutTrace",
     "LintReport",
@@ -36,6 +38,7 @@ __all__ = [
     "ReproReport",
     "check_batch_independence",
     "check_causal",
+    "check_gradients",
     "check_init",
     "check_reproducible",
     "dependency_mask",
