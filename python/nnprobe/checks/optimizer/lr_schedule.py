@@ -121,7 +121,8 @@ class LrSchedule(Check):
             "lr-schedule",
             f"{which} fell below 1% of its peak ({st.peak:.3g} at step {st.peak_step}) at step {t}, while the loss was "
             f"still falling ({m2:.4g} -> {m1:.4g} over the {w} steps before); {s - t} steps later it is {m0:.4g}, "
-            f"falling {rate_after / rate_before if rate_before else 0:.0%} as fast: the schedule decays far too early "
+            f"{'no longer falling' if rate_after <= 0 else f'falling {rate_after / rate_before:.0%} as fast'}: the "
+            f"schedule decays far too early "
             f"(an epoch schedule stepped per batch?)",
             None, s,
             {"group": g, "low_since": t, "peak": st.peak, "peak_step": st.peak_step, "lr": lr, "window": w,
