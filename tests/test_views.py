@@ -130,3 +130,26 @@ def test_views_render_in_headless_chromium(tmp_path):
     keep = __import__("os").environ.get("NNPROBE_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+class Counting(nn.Module):
+    """A forward with a Python side effect: it counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.calls = 0
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.calls += 1
+        self.seen.append(len(x))
+        return self.fc(x)
+
+
+def test_a_forward_with_python_side_effects_is_put_back_and_not_run_again():
+    X, y = Z.digits()
+    model = Counting()
+    probe, _ = train(model, Z.batches(X, y), 10)
+    assert model.calls == 10 and model.seen == [64] * 10
+    assert len(probe.predictions()["steps"]) == 1  # the first capture showed the side effect

@@ -12,7 +12,8 @@
   In eval mode BatchNorm does not update its buffers and Dropout draws no random numbers: the
   training does not change. When any module carries a hook that is not the probe's (a user's
   feature hook, weight_norm, another probe) the forward is not run at all: that hook would see
-  an extra call. A compiled model is run through its eager module (no recompile);
+  an extra call. The modules' plain Python attributes are put back after it, and a forward that
+  changed any (a call counter, a cache) is not run again. A compiled model is run through its eager module (no recompile);
   under torch.distributed nothing is run (a rank-local forward could hang a sharded model).
   Its cost, on the demo's MLP: see `nnprobe.report.views` and the issue note.
 """
@@ -32,6 +33,44 @@ PRED_KEEP = 16
 PRED_FIRST = 5
 PRED_DENSITY = 8
 PRED_MAX = 256  # past this many, every other one is dropped
+
+
+_PLAIN = (int, float, bool, str, bytes, tuple, type(None))
+
+
+def _python_state(model: torch.nn.Module) -> list[tuple[Any, str, bool, Any, Any]]:
+    """The modules' own plain attributes (numbers, strings, tuples; shallow copies of lists and
+    dicts): what a forward with side effects (a call counter, a cache) would change."""
+    out = []
+    for m in model.modules():
+        for k, v in m.__dict__.items():
+            if k.startswith("_") or k == "training":
+                continue
+            if isinstance(v, _PLAIN):
+                out.append((m, k, False, v, None))
+            elif type(v) in (list, dict):
+                out.append((m, k, True, v, v.copy()))
+    return out
+
+
+def _restore_python_state(saved: list[tuple[Any, str, bool, Any, Any]]) -> bool:
+    """Puts back what the extra forward changed; True when it changed anything."""
+    changed = False
+    for m, k, container, v, copy_ in saved:
+        cur = m.__dict__.get(k)
+        if container:
+            if cur is not v or v != copy_:
+                changed = True
+                if type(v) is list:
+                    v[:] = copy_
+                else:
+                    v.clear()
+                    v.update(copy_)
+                m.__dict__[k] = v
+        elif cur is not v and not (type(cur) is type(v) and cur == v):
+            changed = True
+            m.__dict__[k] = v
+    return changed
 
 
 def _first_tensor(args: Any, kwargs: Any) -> torch.Tensor | None:
@@ -102,6 +141,7 @@ class Glimpse:
         call = model._call_impl if getattr(model, "_compiled_call_impl", None) is not None else model
         modes = [(m, m.training) for m in model.modules()]
         devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        saved = _python_state(model)
         t0 = st.clock()
         st.busy = True
         try:
@@ -112,6 +152,8 @@ class Glimpse:
             for m, was in modes:
                 m.training = was
             st.busy = False
+            if _restore_python_state(saved):
+                self._fixed = None  # a forward with Python side effects (a call counter, a cache): undone, and not again
         if out is None or out.dim() < 1:
             return
         vec = self._figure(out.detach().float())
