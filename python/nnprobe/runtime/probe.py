@@ -106,6 +106,7 @@ class Probe:
         self._log_figures: list[dict[str, Any]] = []
         self._logged_lrs: tuple[float, ...] | None = None
         self._closed = False
+
         self._sinks = make_sinks(console=console, log_dir=log_dir, tensorboard=tensorboard, wandb=wandb) if distributed.rank() == 0 else []
         meta = {"model": type(w.model).__name__, "every": every, "overhead": overhead,
                 "world_size": distributed.world_size(), "device_stats": self._policy}
@@ -560,14 +561,12 @@ class Probe:
         return self._history.aggregate(members, stat)
 
     def first_batch(self) -> dict[str, Any] | None:
-        """The first training batch as the model got it (up to 64 examples of its first tensor
-        argument, as NumPy) and the first loss call's targets: {"inputs", "targets"}; None before it."""
+        """The first batch as the model got it: {"inputs", "targets"} (NumPy, up to 64 examples)."""
         return self._taps.glimpse.first_batch()
 
     def predictions(self) -> dict[str, Any] | None:
-        """Prediction dynamics on one fixed batch (the first 16 examples of the first batch):
-        {"steps" [S], "values" [S, K] (p(true class) when kind == "p_true", else the first output),
-        "kind", "targets", "seconds" (median cost of one capture)}; None when none was taken."""
+        """Predictions on the first batch's first 16 examples over the run: {"steps" [S], "values"
+        [S, 16] (p(true class) if kind == "p_true", else the first output), "kind", "targets", "seconds"}."""
         return self._taps.glimpse.predictions()
 
     def summary(self) -> str:
