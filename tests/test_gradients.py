@@ -1,11 +1,10 @@
 """check_gradients: a wrong hand-written backward is named; correct ones, and plain autograd
 models with ReLU kinks, are silent; the model, its modes, dtypes and random state are untouched."""
 
+import nnprobe
 import pytest
 import torch
 import torch.nn as nn
-
-import nnprobe
 
 
 class Square(torch.autograd.Function):

@@ -9,9 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from nnprobe.checks.judge import Judge
-from nnprobe.figures import Event, Plan, Rows, StepFigures
+from nnprobe.figures import Plan, Rows, StepFigures
 
 
 def empty_plan(groups: int = 1) -> Plan:
@@ -58,7 +57,7 @@ def simulated(lrs, *, rate=0.03, floor=0.2, seed=0, noise=0.01):
 
 def run_lrs(lrs, losses=None):
     losses = simulated(lrs) if losses is None else losses
-    return judge_all([StepFigures(s, loss=l, lrs=(lr,)) for s, (lr, l) in enumerate(zip(lrs, losses))])
+    return judge_all([StepFigures(s, loss=v, lrs=(lr,)) for s, (lr, v) in enumerate(zip(lrs, losses))])
 
 
 def warmup_cosine(total, warm=50):
@@ -123,7 +122,7 @@ def test_reduce_on_plateau_is_silent():
 def test_lr_schedule_names_the_param_group():
     lrs = lrs_of(lambda o: torch.optim.lr_scheduler.StepLR(o, 30, gamma=0.1), 400)
     losses = simulated(lrs)
-    steps = [StepFigures(s, loss=l, lrs=(1e-3, lr)) for s, (lr, l) in enumerate(zip(lrs, losses))]
+    steps = [StepFigures(s, loss=v, lrs=(1e-3, lr)) for s, (lr, v) in enumerate(zip(lrs, losses))]
     found = judge_all(steps, empty_plan(2))
     assert [f[0] for f in loud(found)] == ["lr-schedule"] and "param group 1" in found[0].message
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
-
-import nnprobe
 from nnprobe import demo
 from nnprobe.cli import main
 from nnprobe.replay import judge_log
@@ -82,9 +81,8 @@ def test_replay_sees_every_step_figure_kind(tmp_path):
 def test_replay_sees_the_recipe_figures(tmp_path):
     """Validation losses (no_grad loss calls and probe.step(val_loss=)), the summed loss terms, an
     upper clamp on the loss and the pretrained BatchNorm's input: replayed as the live run saw them."""
-    from nnprobe.replay import figures_from_records
-
     from fixtures import models as Z
+    from nnprobe.replay import figures_from_records
 
     model = Z.pretrained_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
 from fixtures import models as Z
 from nnprobe.report.views import batch_view, page, prediction_view
 

@@ -37,11 +37,13 @@ BUGS: dict[str, Bug] = {b.name: b for b in [
     Bug("view-permute", "[T,B,C].view(B, -1) where permute was meant", ("view-mixes-batch", "batch-mixing")),
     Bug("missing-param", "the optimizer was built before the head was replaced", ("param-not-in-optimizer",)),
     Bug("nan", "log of a ReLU output that reaches zero", ("non-finite",)),
-    Bug("clipped-loss", "the per-example losses are clamped at 2.0 (meant as gradient clipping): outliers are ignored", ("loss-clipped",)),
+    Bug("clipped-loss", "the per-example losses are clamped at 2.0 (meant as gradient clipping): outliers are ignored",
+        ("loss-clipped",)),
     Bug("lr-per-batch", "StepLR(step_size=30), written for epochs, is stepped every batch", ("lr-schedule",)),
     Bug("overfit", "96 training examples, half of them mislabelled, trained on and on", ("overfitting",)),
     Bug("no-val", "the loop never evaluates on held-out data", ("no-validation",)),
-    Bug("loss-scales", "an auxiliary MSE on one-hot targets scaled to 0-255 drowns the cross-entropy", ("loss-scale-mismatch",)),
+    Bug("loss-scales", "an auxiliary MSE on one-hot targets scaled to 0-255 drowns the cross-entropy",
+        ("loss-scale-mismatch",)),
 ]}
 
 

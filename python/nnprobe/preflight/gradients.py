@@ -131,7 +131,7 @@ def _custom_function_modules(model: Any, xs: tuple[Any, ...], seed: int) -> tupl
         for h in handles:
             h.remove()
     owner: dict[int, int] = {}  # custom node -> index of the first (innermost) call that contains it
-    for k, (module, args, kwargs, out) in enumerate(calls):
+    for k, (_, args, kwargs, out) in enumerate(calls):
         stop = {id(t.grad_fn) for t in _tensors((args, kwargs)) if t.grad_fn is not None}
         seen: set[int] = set()
         todo = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]

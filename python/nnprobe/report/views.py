@@ -180,7 +180,8 @@ def _tokens(x: np.ndarray, y: np.ndarray | None) -> str:
     return (f"<style>.nnprobe-tokens td,.nnprobe-tokens th{{padding:1px 4px;text-align:right;border:1px solid #eee}}"
             f".nnprobe-tokens tr.target td{{color:#555;border-bottom:2px solid #ccc}}</style>"
             f"<table class='nnprobe-tokens' style='border-collapse:collapse;font:11px monospace'>"
-            f"<caption style='text-align:left'>{_esc('position' + more)}</caption><tr><th></th>{head}</tr>{''.join(body)}</table>")
+            f"<caption style='text-align:left'>{_esc('position' + more)}</caption>"
+            f"<tr><th></th>{head}</tr>{''.join(body)}</table>")
 
 
 def _histograms(x: np.ndarray) -> str:

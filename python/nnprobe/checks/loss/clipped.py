@@ -26,8 +26,10 @@ class LossClipped(Check):
             if not isinstance(above, int) or above < 1 or not isinstance(n, int):
                 continue
             step = d.get("step") if isinstance(d.get("step"), int) else figs.step
-            of = f"{d['function']}'s {'per-example losses' if n > 1 else 'loss'}" if d.get("function") else "the loss"
+            fn = d.get("function")
+            of = f"{fn}'s {'per-example losses' if n > 1 else 'loss'}" if fn else "the loss"
             what = f"{above} of {n} examples were" if n > 1 else "the batch's loss was"
-            yield Raised("loss-clipped", f"{of} {'are' if n > 1 and d.get('function') else 'is'} clamped at {cap:.4g} ({d.get('node')}) before backward: at step {step} "
+            verb = "are" if n > 1 and fn else "is"
+            yield Raised("loss-clipped", f"{of} {verb} clamped at {cap:.4g} ({d.get('node')}) before backward: at step {step} "
                          f"{what} above the cap and gave no gradient (clip the gradients, not the loss)", None, step,
                          {"cap": cap, "above": above, "examples": n, "function": d.get("function"), "node": d.get("node")})

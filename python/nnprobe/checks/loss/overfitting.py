@@ -65,8 +65,9 @@ class Overfitting(Check):
         shown = " -> ".join(f"{x:.4g}" for x in last)
         yield Raised(
             "overfitting",
-            f"the validation loss rose at the last {RISES} evaluations ({shown}) and is {(v - best) / abs(best) if best else math.inf:.0%} "
-            f"above its best ({best:.4g} at step {best_step}), while the training loss fell from {tb:.4g} to {ta:.4g}: "
+            f"the validation loss rose at the last {RISES} evaluations ({shown}) and is "
+            f"{(v - best) / abs(best) if best else math.inf:.0%} above its best ({best:.4g} at step {best_step}), "
+            f"while the training loss fell from {tb:.4g} to {ta:.4g}: "
             f"early stopping would have stopped at step {best_step}",
             None, figs.step,
             {"best_step": best_step, "best_val_loss": best, "val_loss": v, "train_before": tb, "train_after": ta,

@@ -50,8 +50,8 @@ class LossScaleMismatch(Check):
             if self._streak >= STREAK and step - self._since >= SPAN:
                 self._done = True
 
-                def name(kt: tuple[int, dict]) -> str:
-                    return f"{kt[1].get('function')} (loss call {kt[0] + 1} of {len(terms)})"
+                def name(kt: tuple[int, dict], n: int = len(terms)) -> str:
+                    return f"{kt[1].get('function')} (loss call {kt[0] + 1} of {n})"
 
                 yield Raised("loss-scale-mismatch", f"one backward sums loss terms {ratio:.3g}x apart in size: {name(big)} "
                              f"is {big[1]['size']:.4g} and {name(small)} only {small[1]['size']:.4g} (value x weight), on "
