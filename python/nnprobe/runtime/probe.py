@@ -118,7 +118,7 @@ class Probe:
         self._fwd_hooks = [hooks.forward_hook(st, m.module, m.act_row, m.grad_row, m.unit) for m in w.modules]
         self._sentinel: hooks.ZeroGradSentinel | None = None
         fref, hs = weakref.ref(self), (self._hooks, self._sampled_hooks)  # the taps must not hold the probe
-        self._taps = RecipeTaps(st, w.model, self._loss_obs, self._open, lambda: (lambda p: p and p._figs)(fref()),
+        self._taps = RecipeTaps(st, w.model, self._loss_obs, self._open, lambda: _figs_of(fref()),
                                 lambda: hs[0].ids() | hs[1].ids(), distributed=bool(self._dist))
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda p: p is not None and p.close())(ref())
@@ -595,6 +595,10 @@ def _weak(ref: weakref.ReferenceType[Probe], method: str) -> Callable[..., None]
             getattr(p, method)(*args)
 
     return hook
+
+
+def _figs_of(p: Probe | None) -> StepFigures | None:
+    return p._figs if p is not None else None
 
 
 def _release(state: Any, hooksets: list[Any], loss_tap: Any, observer: Any) -> None:

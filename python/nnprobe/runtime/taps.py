@@ -93,11 +93,13 @@ class RecipeTaps:
             elif tens:
                 t = torch.stack([x.float().reshape(()) for x in tens])
                 n_host, host_sum = len(vals), float(np.sum(vals)) if vals else 0.0
-                self._later(s, t, lambda step, v: self._set_val(step, (float(np.sum(v)) + host_sum) / (len(v) + n_host)))
+
+                def then(step: int, v: np.ndarray) -> None:
+                    self._set_val(step, (float(np.sum(v)) + host_sum) / (len(v) + n_host))
+
+                self._later(s, t, then)
         for group, sizes in self.graph.summed_terms(s):
-            names = [t.function for t in group]
-            self._later(s, sizes, lambda step, v, names=names: self.event_at(step, "loss-terms", {
-                "step": step, "terms": [{"function": n, "size": float(a), "weight": float(w)} for n, (a, w) in zip(names, v)]}))
+            self._later(s, sizes, self._terms_event([t.function for t in group]))
         if s == 0 or self.glimpse.batch is None:
             self.glimpse.take_first_batch(st.inputs, self.graph.first_call)
         if not self._bn_done and st.fwd_grad > 0:
@@ -117,8 +119,20 @@ class RecipeTaps:
         for data, above in self.graph.clamps(loss, step):
             if above is None:
                 continue
-            self._later(step, above.reshape(1), lambda st_, v, data=data: self.event_at(
-                st_, "loss-clamp", {"step": st_, **data, "above": int(v[0])}))
+            self._later(step, above.reshape(1), self._clamp_event(data))
+
+    def _terms_event(self, names: list[str]) -> Callable[[int, np.ndarray], None]:
+        def then(step: int, v: np.ndarray) -> None:
+            terms = [{"function": n, "size": float(a), "weight": float(w)} for n, (a, w) in zip(names, v)]
+            self.event_at(step, "loss-terms", {"step": step, "terms": terms})
+
+        return then
+
+    def _clamp_event(self, data: dict[str, Any]) -> Callable[[int, np.ndarray], None]:
+        def then(step: int, v: np.ndarray) -> None:
+            self.event_at(step, "loss-clamp", {"step": step, **data, "above": int(v[0])})
+
+        return then
 
     def at_close(self, figs: StepFigures) -> None:
         """Validation losses after the last step go into the close-time step."""
@@ -155,9 +169,13 @@ class RecipeTaps:
                 xd = x.detach().float()
                 dims = [0] + list(range(2, xd.dim()))
                 mean, var = xd.mean(dims), xd.var(dims, unbiased=False)
-                rm, rv = m.running_mean.detach().float(), m.running_var.detach().float()  # type: ignore[union-attr]
+                rm, rv = m.running_mean.detach().float(), m.running_var.detach().float()
                 eps = float(getattr(m, "eps", 1e-5))
-                self._later(st.step, torch.stack([mean, var, rm, rv]), lambda step, v: self._bn_event(step, name, v, eps))
+
+                def then(step: int, v: np.ndarray) -> None:
+                    self._bn_event(step, name, v, eps)
+
+                self._later(st.step, torch.stack([mean, var, rm, rv]), then)
             except Exception as e:  # noqa: BLE001
                 st.fail("pretrained input check", e)
             return None

@@ -32,7 +32,8 @@ class LossScaleMismatch(Check):
         for e in figs.events:
             if e.kind != "loss-terms" or self._done:
                 continue
-            step = e.data.get("step") if isinstance(e.data.get("step"), int) else figs.step
+            raw = e.data.get("step")
+            step: int = raw if isinstance(raw, int) else figs.step
             terms = [t for t in e.data.get("terms", []) if isinstance(t, dict)]
             sized = [(k, t) for k, t in enumerate(terms) if isinstance(t.get("size"), (int, float))
                      and math.isfinite(t["size"]) and t["size"] > 0 and t.get("weight") != 0]
