@@ -173,12 +173,47 @@ def test_map_style_dataset_of_dicts_names_dataset_indices():
 
 
 @pytest.mark.parametrize("shifted", [False, True])
-def test_sequence_targets_equal_to_inputs_are_a_causal_leak(shifted):
+def test_sequence_targets_equal_to_inputs_are_target_in_input(shifted):
     tokens = torch.randint(0, 50, (64, 17), generator=torch.Generator().manual_seed(0))
     x, y = (tokens[:, :-1], tokens[:, 1:]) if shifted else (tokens, tokens.clone())
     rep = nnprobe.inspect_data((x, y))
-    assert ("causal-leak" in rep.codes()) is not shifted
+    assert ("target-in-input" in rep.codes()) is not shifted
     assert "unnormalized-inputs" not in rep.codes()  # integer tokens are not features to scale
+    if not shifted:
+        (f,) = [f for f in rep.findings if f.code == "target-in-input"]
+        assert f.severity == "error" and f.data["same_position"] == 1.0 and "y[:, t] == x[:, t]" in f.message
+
+
+class Windows(torch.utils.data.Dataset):
+    """Windows of one token stream, as language-model datasets are built: off by one, or not."""
+
+    def __init__(self, shift: int, hf: bool = False):
+        self.tokens = torch.randint(0, 30, (5000,), generator=torch.Generator().manual_seed(1))
+        self.shift, self.hf = shift, hf
+
+    def __len__(self):
+        return 200
+
+    def __getitem__(self, i):
+        x = self.tokens[i * 20 : i * 20 + 16]
+        y = self.tokens[i * 20 + self.shift : i * 20 + self.shift + 16]
+        return {"input_ids": x, "labels": y} if self.hf else (x, y)
+
+
+@pytest.mark.parametrize("shift,fires", [(0, True), (1, False)])
+def test_target_in_input_through_a_loader(shift, fires):
+    loader = torch.utils.data.DataLoader(Windows(shift), batch_size=32, shuffle=True)
+    assert ("target-in-input" in nnprobe.inspect_data(loader).codes()) is fires
+
+
+def test_hugging_face_labels_are_shifted_by_the_model():
+    # {"input_ids": x, "labels": x}: the Hugging Face convention, the model shifts inside
+    assert "target-in-input" not in nnprobe.inspect_data(torch.utils.data.DataLoader(Windows(0, hf=True), batch_size=32)).codes()
+
+
+def test_float_sequences_equal_to_their_targets_are_an_autoencoder():
+    x = torch.randn(64, 10, 3)
+    assert "target-in-input" not in nnprobe.inspect_data((x, x.clone())).codes()
 
 
 def test_bad_input_is_refused_clearly():

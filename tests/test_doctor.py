@@ -9,7 +9,7 @@ import nnprobe
 from nnprobe import Finding
 from checks_zoo import TimeMajorMixer
 
-STAGES = ["data", "lint", "init", "batch independence", "overfit one batch", "watched run"]
+STAGES = ["data", "lint", "init", "gradients", "batch independence", "overfit one batch", "watched run"]
 
 
 def loader(n=256, seed=0, batch_size=32):
@@ -123,3 +123,30 @@ def test_regression_doctor_uses_the_datasets_target_mean(monkeypatch):
     init = rep.stage("init").report
     assert init.codes() == {"loss-at-init", "final-bias-init"}
     assert init.prior[0] == pytest.approx(float(y.double().mean()), rel=1e-6)
+
+
+def test_the_recipes_new_checks_in_the_doctor(monkeypatch):
+    """target-in-input (data), pretrained-input-mismatch (init) and gradient-mismatch (gradients),
+    each reported by its stage; the fixed twins are silent there."""
+    monkeypatch.delattr(nnprobe, "watch", raising=False)
+    from fixtures import models as Z
+    from test_gradients import SquareAct
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 16, (128, 9), generator=g)
+    for shifted in (False, True):
+        x, y = (tokens[:, :-1], tokens[:, 1:]) if shifted else (tokens[:, :-1], tokens[:, :-1].clone())
+        dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Embedding(16, 8), SquareAct(wrong=not shifted), nn.Linear(8, 16))
+        rep = nnprobe.doctor(model, dl, lambda out, t: nn.functional.cross_entropy(out.reshape(-1, 16), t.reshape(-1)),
+                             torch.optim.Adam(model.parameters(), lr=1e-2), steps=3)
+        assert ("target-in-input" in rep.stage("data").report.codes()) is not shifted
+        assert ("gradient-mismatch" in rep.stage("gradients").report.codes()) is not shifted
+        assert [s.name for s in rep.stages] == STAGES
+    for raw in (True, False):
+        model = Z.pretrained_cnn()
+        y = torch.randint(0, 4, (64,), generator=g)
+        dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Z.images(raw=raw), y), batch_size=32)
+        rep = nnprobe.doctor(model, dl, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), lr=1e-3), steps=3)
+        assert ("pretrained-input-mismatch" in rep.stage("init").report.codes()) is raw

@@ -11,7 +11,8 @@ update-ratio param-not-in-optimizer param-never-updated loss-not-decreasing bias
 dropout-before-batchnorm activation-on-logits stacked-linear final-bias-init batch-mixing causal-leak
 view-mixes-batch class-imbalance unnormalized-inputs non-finite-data constant-features
 duplicate-samples train-test-overlap cannot-overfit-batch input-independent not-reproducible
-loss-scale-collapse loss-spike""".split()
+loss-scale-collapse loss-spike loss-clipped lr-schedule overfitting no-validation loss-scale-mismatch
+target-in-input pretrained-input-mismatch gradient-mismatch""".split()
 
 
 def test_catalogue_is_exactly_the_spec_codes():

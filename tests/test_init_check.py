@@ -152,3 +152,29 @@ def test_an_unknown_loss_reports_the_value_only():
     rep = nnprobe.check_init(mlp(), (x, y), lambda out, t: out.pow(2).mean())
     assert rep.findings == [] and rep.expected is None
     assert "no expected initial loss" in str(rep)
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-pixels", "normalised"])
+def test_pretrained_input_mismatch(raw):
+    from fixtures import models as Z
+
+    model = Z.pretrained_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = Z.images(raw=raw), torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(0))
+    rep = nnprobe.check_init(model, (x, y), nn.CrossEntropyLoss())
+    found = [f for f in rep.findings if f.code == "pretrained-input-mismatch"]
+    if raw:
+        (f,) = found
+        assert f.module == "bn" and f.severity == "warning" and f.data["z_rms"] > 1 and "'bn' (BatchNorm2d)" in f.message
+    else:
+        assert found == []
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # running stats restored
+    assert not model.bn._forward_pre_hooks
+
+
+def test_a_fresh_batchnorm_has_no_pretrained_statistics():
+    from fixtures import models as Z
+
+    torch.manual_seed(0)
+    rep = nnprobe.check_init(Z.PretrainedCNN(), (Z.images(raw=True), torch.zeros(64, dtype=torch.long)), nn.CrossEntropyLoss())
+    assert "pretrained-input-mismatch" not in rep.codes()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
-
-import nnprobe
 from nnprobe import demo
 from nnprobe.cli import main
 from nnprobe.replay import judge_log
@@ -78,3 +77,43 @@ def test_replay_sees_every_step_figure_kind(tmp_path):
             assert np.array_equal(r.sampled.mat, f.sampled.mat, equal_nan=True)
     assert any(e.kind == "eval-forward" for f in replayed for e in f.events)
     assert len({f.lrs for f in replayed}) >= 4
+
+
+def test_replay_sees_the_recipe_figures(tmp_path):
+    """Validation losses (no_grad loss calls and probe.step(val_loss=)), the summed loss terms, an
+    upper clamp on the loss and the pretrained BatchNorm's input: replayed as the live run saw them."""
+    from fixtures import models as Z
+    from nnprobe.replay import figures_of
+    from nnprobe.report.logfile import read_runs
+
+    model = Z.pretrained_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    live = []
+    g = torch.Generator().manual_seed(0)
+    # every=1: the loss tap (which sees the no_grad losses) is open on every step
+    with nnprobe.watch(model, opt, log_dir=str(tmp_path), console=False, every=1) as probe:
+        orig = probe._judge.judge
+        probe._judge.judge = lambda figs: (live.append(figs), orig(figs))[1]  # type: ignore[method-assign]
+        for i in range(24):
+            opt.zero_grad()
+            x, y = Z.images(seed=i, raw=True), torch.randint(0, 4, (64,), generator=g)
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out, y, reduction="none").clamp(max=1.5).mean()
+            loss = loss + torch.nn.functional.mse_loss(out, torch.zeros_like(out))
+            loss.backward()
+            opt.step()
+            probe.step(loss=loss, val_loss=0.5 if i == 20 else None)
+            if i % 6 == 5:
+                with torch.no_grad():
+                    torch.nn.functional.cross_entropy(model(x), y)
+    (log,), _ = read_runs(tmp_path)
+    _, replayed = figures_of(log)
+    live_by_step = {f.step: f for f in live}
+    for r in replayed:
+        f = live_by_step[r.step]
+        assert (r.loss, r.val_loss, r.lrs, r.events) == (f.loss, f.val_loss, f.lrs, f.events)
+    kinds = {e.kind for f in replayed for e in f.events}
+    assert {"loss-terms", "loss-clamp", "bn-input"} <= kinds
+    assert sum(f.val_loss is not None for f in replayed) == 5 and any(f.val_loss == 0.5 for f in replayed)
+    assert _key(judge_log(tmp_path)) == _key(probe.findings)
+    assert {"loss-clipped", "pretrained-input-mismatch"} <= probe.codes()

@@ -606,6 +606,269 @@ def test_loss_scale_collapse_fixed():
     assert sum(skips) >= 4 and probe.codes() == set()
 
 
+# ----------------------------------------------------------------------------- loss-clipped
+def clamp_run(make_loss, steps=12, every=1):
+    """A loop whose loss is built by `make_loss(logits, y)` and handed to probe.step as a tensor."""
+    torch.manual_seed(0)
+    model = Z.mlp()
+    opt = adam(model, 1e-2)
+    data = digits()
+    with nnprobe.watch(model, opt, every=every, console=False) as probe:
+        for _ in range(steps):
+            opt.zero_grad()
+            x, y = next(data)
+            loss = make_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            probe.step(loss=loss)
+    return probe
+
+
+def test_loss_clipped_planted():
+    # "tried to clip gradients but clipped the loss instead": the per-example losses are clamped
+    probe = clamp_run(lambda out, y: F.cross_entropy(out, y, reduction="none").clamp(max=2.0).mean())
+    (f,) = found(probe, "loss-clipped")
+    assert f.step == 0 and f.severity == "warning" and f.data["cap"] == 2.0 and f.data["examples"] == 64
+    assert 0 < f.data["above"] <= 64 and "cross_entropy" in f.message and "step 0" in f.message
+    # clamp_max, torch.minimum with a constant (read before backward: probe.step before it) and a clamp on the mean
+    probe = clamp_run(lambda out, y: torch.clamp_max(F.cross_entropy(out, y, reduction="none"), 2.0).mean())
+    assert found(probe, "loss-clipped")
+    probe = clamp_run(lambda out, y: F.cross_entropy(out, y).clamp(0.0, 1.0))
+    (f,) = found(probe, "loss-clipped")
+    assert f.data["examples"] == 1 and "the batch's loss was above the cap" in f.message
+
+
+def test_loss_clipped_with_minimum_before_backward():
+    torch.manual_seed(0)
+    model = Z.mlp()
+    opt = adam(model, 1e-2)
+    data = digits()
+    with nnprobe.watch(model, opt, every=1, console=False) as probe:
+        for _ in range(3):
+            opt.zero_grad()
+            x, y = next(data)
+            loss = torch.minimum(F.cross_entropy(model(x), y, reduction="none"), torch.tensor(2.0)).mean()
+            probe.step(loss=loss)  # before backward: the graph still holds the cap
+            loss.backward()
+            opt.step()
+    (f,) = found(probe, "loss-clipped")
+    assert f.data["node"] == "MinimumBackward0" and f.step == 0
+
+
+@pytest.mark.parametrize("make_loss", [
+    lambda out, y: F.cross_entropy(out.clamp(-50, 50), y),  # a clamp on the logits, which never binds
+    lambda out, y: F.cross_entropy(out, y, reduction="none").clamp(max=1e4).mean(),  # on the loss, never binds
+    lambda out, y: F.cross_entropy(out, y, reduction="none").clamp(min=0).mean(),  # a lower clamp: no cap
+    lambda out, y: F.cross_entropy(out, y),
+], ids=["logit-clamp", "loose-cap", "lower-clamp", "plain"])
+def test_loss_clipped_fixed(make_loss):
+    probe = clamp_run(make_loss)
+    assert not found(probe, "loss-clipped") and loud(probe) == []
+
+
+# ----------------------------------------------------------------------------- lr-schedule
+def schedule_run(make_sched, steps=300, plateau=False):
+    torch.manual_seed(0)
+    model = Z.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = make_sched(opt)
+    data = digits()
+    with nnprobe.watch(model, opt, console=False) as probe:
+        epoch = []
+        for step in range(steps):
+            opt.zero_grad()
+            x, y = next(data)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            probe.step(loss=loss)
+            epoch.append(float(loss.detach()))
+            if plateau:
+                if step % 8 == 7:  # an epoch of 8 batches: the scheduler sees the epoch's mean loss
+                    sched.step(sum(epoch) / len(epoch))
+                    epoch = []
+            elif sched is not None:
+                sched.step()
+    return probe
+
+
+def test_lr_schedule_planted_epoch_schedule_stepped_per_batch():
+    # StepLR(step_size=30) is written for epochs; stepped per batch it reaches 1% at step 60
+    probe = schedule_run(lambda o: torch.optim.lr_scheduler.StepLR(o, 30, gamma=0.1), steps=200)
+    (f,) = found(probe, "lr-schedule")
+    assert f.data["low_since"] == 60 and f.step >= 120 and "step 60" in f.message
+
+
+def test_lr_schedule_planted_rate_at_zero():
+    torch.manual_seed(0)
+    model = Z.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / 100))  # linear to 0 at step 100
+    with nnprobe.watch(model, opt, console=False) as probe:
+        Z.train(model, opt, digits(), 150, probe=None)
+    assert not found(probe, "lr-schedule")  # (the scheduler was never stepped)
+    with nnprobe.watch(model, opt, console=False) as probe:
+        data = digits()
+        for _ in range(150):
+            opt.zero_grad()
+            x, y = next(data)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    (f,) = found(probe, "lr-schedule")
+    assert f.data["reason"] == "zero" and f.data["zero_since"] == 100
+
+
+@pytest.mark.parametrize("name", ["warmup-cosine", "plateau", "multistep"])
+def test_lr_schedule_fixed(name):
+    steps = 300
+    if name == "warmup-cosine":
+        probe = schedule_run(lambda o: torch.optim.lr_scheduler.LambdaLR(
+            o, lambda t: (t + 1) / 30 if t < 30 else 0.5 * (1 + math.cos(math.pi * (t - 30) / (steps - 30)))), steps)
+    elif name == "plateau":
+        probe = schedule_run(lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.1, patience=1), steps,
+                             plateau=True)
+    else:
+        probe = schedule_run(lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [180, 240], gamma=0.1), steps)
+    assert not found(probe, "lr-schedule") and loud(probe) == [], loud(probe)
+
+
+# ------------------------------------------------------------------------ overfitting, no-validation
+def overfit_run(*, memorise: bool, steps=200, eval_every=10, val_loss_arg=False):
+    """Memorise: 48 training examples with random labels (the validation loss can only rise); else
+    a task with as much data as it wants (fresh samples of the same clusters). The training loss
+    goes to probe.step() every step; the validation loss too (val_loss_arg), or it is left to the
+    loss tap, which sees losses under no_grad on the judged steps (every=1 here)."""
+    torch.manual_seed(0)
+    X, y = Z.digits()
+    g = torch.Generator().manual_seed(3)
+    if memorise:
+        Xtr, ytr = X[:48], torch.randint(0, 10, (48,), generator=g)
+        Xva, yva = X[256:384], torch.randint(0, 10, (128,), generator=g)
+    else:
+        X, y = Z.blobs(n=48 * steps + 256, d=64, classes=10, seed=0)
+        Xtr, ytr, Xva, yva = X[:-256], y[:-256], X[-256:], y[-256:]
+    model = Z.mlp(hidden=128)
+    opt = adam(model, 3e-3)
+    data = Z.batches(Xtr, ytr, bs=48)
+    with nnprobe.watch(model, opt, console=False, every="auto" if val_loss_arg else 1) as probe:
+        for step in range(steps):
+            opt.zero_grad()
+            x, t = next(data)
+            loss = F.cross_entropy(model(x), t)
+            loss.backward()
+            opt.step()
+            v = None
+            if (step + 1) % eval_every == 0:
+                model.eval()
+                with torch.no_grad():
+                    v = F.cross_entropy(model(Xva), yva)
+                model.train()
+            probe.step(loss=loss, val_loss=v if val_loss_arg else None)
+    return probe
+
+
+@pytest.mark.parametrize("val_loss_arg", [False, True], ids=["no_grad-losses", "probe.step(val_loss=)"])
+def test_overfitting_planted(val_loss_arg):
+    probe = overfit_run(memorise=True, val_loss_arg=val_loss_arg)
+    (f,) = found(probe, "overfitting")
+    assert f.severity == "warning" and f"step {f.data['best_step']}" in f.message and f.data["best_step"] < f.step
+    assert not found(probe, "no-validation")
+
+
+def test_overfitting_fixed():
+    probe = overfit_run(memorise=False)
+    assert not found(probe, "overfitting") and not found(probe, "no-validation") and loud(probe) == []
+
+
+def test_no_validation_planted_and_fixed():
+    torch.manual_seed(0)
+    model = Z.mlp()
+    opt = adam(model)
+    probe = watched(model, opt, digits(), 120, every=1000, give_loss=True)
+    (f,) = found(probe, "no-validation")
+    assert f.severity == "info" and f.step == 119 and "120 training steps" in f.message
+    model = Z.mlp()
+    probe = watched(model, adam(model), digits(), 120, every=1000, eval_every=40, give_loss=True)
+    assert not found(probe, "no-validation")
+    model = Z.mlp()
+    probe = watched(model, adam(model), digits(), 60, every=1000, give_loss=True)  # a short run: an experiment
+    assert not found(probe, "no-validation")
+
+
+def test_an_evaluation_after_training_counts():
+    torch.manual_seed(0)
+    model = Z.mlp()
+    opt = adam(model)
+    X, y = Z.digits()
+    with nnprobe.watch(model, opt, console=False) as probe:
+        Z.train(model, opt, digits(), 110)
+        model.eval()
+        with torch.inference_mode():
+            F.cross_entropy(model(X[:64]), y[:64])
+    assert not found(probe, "no-validation")
+
+
+# --------------------------------------------------------------------------- loss-scale-mismatch
+def two_term_run(weight: float, target_scale: float, steps=40):
+    torch.manual_seed(0)
+    model = Z.mlp()
+    opt = adam(model)
+    data = digits()
+    with nnprobe.watch(model, opt, console=False) as probe:
+        for _ in range(steps):
+            opt.zero_grad()
+            x, y = next(data)
+            out = model(x)
+            aux = F.mse_loss(out, F.one_hot(y, 10).float() * target_scale)
+            loss = F.cross_entropy(out, y) + weight * aux
+            loss.backward()
+            opt.step()
+    return probe
+
+
+def test_loss_scale_mismatch_planted():
+    probe = two_term_run(1.0, 255.0)  # one-hot targets on a 0-255 scale: the MSE drowns the cross-entropy
+    (f,) = found(probe, "loss-scale-mismatch")
+    assert f.data["ratio"] > 1000 and "mse_loss" in f.data["large"] and "cross_entropy" in f.data["small"]
+    assert f.step - f.data["since"] >= 20
+
+
+@pytest.mark.parametrize("weight,scale", [(1.0, 1.0), (1e-4, 255.0), (0.0, 255.0)],
+                         ids=["same-scale", "weighted-down", "switched-off"])
+def test_loss_scale_mismatch_fixed(weight, scale):
+    # the same terms on comparable scales, or the big one deliberately weighted to the other's size
+    probe = two_term_run(weight, scale)
+    assert not found(probe, "loss-scale-mismatch")
+
+
+# --------------------------------------------------------------------- pretrained-input-mismatch
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-pixels", "normalised"])
+def test_pretrained_input_mismatch_at_the_first_step(raw):
+    model = Z.pretrained_cnn()
+    opt = adam(model)
+    g = torch.Generator().manual_seed(1)
+    with nnprobe.watch(model, opt, console=False) as probe:
+        for k in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(Z.images(seed=k, raw=raw)), torch.randint(0, 4, (64,), generator=g)).backward()
+            opt.step()
+    fs = found(probe, "pretrained-input-mismatch")
+    if raw:
+        (f,) = fs
+        assert f.module == "bn" and f.step == 0 and f.data["z_rms"] > 1 and "'bn' (BatchNorm2d)" in f.message
+    else:
+        assert fs == [] and loud(probe) == []
+    assert not model.bn._forward_pre_hooks  # the one-time hooks are gone after the first step
+
+
+def test_a_fresh_batchnorm_is_not_pretrained():
+    torch.manual_seed(0)
+    model = Z.PretrainedCNN()
+    probe = watched(model, adam(model), iter(lambda: (Z.images(raw=True), torch.zeros(64, dtype=torch.long)), None), 3)
+    assert not found(probe, "pretrained-input-mismatch")
+
+
 def test_every_runtime_code_has_a_planted_test():
     import sys
 

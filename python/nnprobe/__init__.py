@@ -7,6 +7,7 @@ from .options import DeviceStats, Every
 from .preflight.data import DataReport, inspect_data
 from .preflight.deps import DependencyMask, DependencyReport, check_batch_independence, check_causal, dependency_mask
 from .preflight.doctor import DoctorReport, doctor
+from .preflight.gradients import GradientReport, check_gradients
 from .preflight.init import InitReport, check_init
 from .preflight.layout_trace import LayoutTrace, trace_layout
 from .preflight.lint import LintReport, lint
@@ -28,6 +29,7 @@ __all__ = [
     "DtypeError",
     "Every",
     "Finding",
+    "GradientReport",
     "InitReport",
     "InputError",
     "Layout",
@@ -42,6 +44,7 @@ __all__ = [
     "TensorStats",
     "check_batch_independence",
     "check_causal",
+    "check_gradients",
     "check_init",
     "check_reproducible",
     "dependency_mask",

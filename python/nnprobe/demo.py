@@ -37,6 +37,13 @@ BUGS: dict[str, Bug] = {b.name: b for b in [
     Bug("view-permute", "[T,B,C].view(B, -1) where permute was meant", ("view-mixes-batch", "batch-mixing")),
     Bug("missing-param", "the optimizer was built before the head was replaced", ("param-not-in-optimizer",)),
     Bug("nan", "log of a ReLU output that reaches zero", ("non-finite",)),
+    Bug("clipped-loss", "the per-example losses are clamped at 2.0 (meant as gradient clipping): outliers are ignored",
+        ("loss-clipped",)),
+    Bug("lr-per-batch", "StepLR(step_size=30), written for epochs, is stepped every batch", ("lr-schedule",)),
+    Bug("overfit", "96 training examples, half of them mislabelled, trained on and on", ("overfitting",)),
+    Bug("no-val", "the loop never evaluates on held-out data", ("no-validation",)),
+    Bug("loss-scales", "an auxiliary MSE on one-hot targets scaled to 0-255 drowns the cross-entropy",
+        ("loss-scale-mismatch",)),
 ]}
 
 
@@ -127,6 +134,12 @@ def train(model, opt, loss_fn, x, y, *, bug: str | None, steps: int, batch: int,
     g = torch.Generator().manual_seed(1)
     losses = []
     val_x, val_y = x[:256], y[:256]
+    eval_every = 25
+    if bug == "overfit":  # a small training set with noisy labels, and a held-out one
+        val_x, val_y = x[-256:], y[-256:]
+        x, y = x[:96], torch.where(torch.arange(96) % 2 == 0, (y[:96] + 1) % 10, y[:96])
+        eval_every = 10
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.1) if bug == "lr-per-batch" else None
     if bug == "eval-mode":
         model.eval()
     else:
@@ -138,13 +151,20 @@ def train(model, opt, loss_fn, x, y, *, bug: str | None, steps: int, batch: int,
         out = model(x[idx])
         if bug == "nan":
             out = torch.log(F.relu(out)) if step >= 5 else out
-        loss = loss_fn(out, y[idx])
+        if bug == "clipped-loss":
+            loss = F.cross_entropy(out, y[idx], reduction="none").clamp(max=2.0).mean()
+        else:
+            loss = loss_fn(out, y[idx])
+        if bug == "loss-scales":
+            loss = loss + F.mse_loss(out, F.one_hot(y[idx], out.shape[-1]).float() * 255)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         if probe is not None:
             probe.step(loss=loss)
         losses.append(loss.item())
-        if step % 25 == 24:  # a validation pass, as real loops do
+        if step % eval_every == eval_every - 1 and bug != "no-val":  # a validation pass, as real loops do
             if bug != "no-eval":
                 model.eval()
             with torch.no_grad():

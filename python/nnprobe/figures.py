@@ -115,7 +115,10 @@ class Event:
     "eval-forward" (a forward without grad while Dropout/BatchNorm were in train mode),
     "nonfinite-loss" (with where the NaN/Inf was located), "loss-input" (figures of a loss
     function's input, for its format), "loss-init" (the first training loss and its class
-    count), "outside-grad" (a parameter outside the optimizer got a gradient)."""
+    count), "outside-grad" (a parameter outside the optimizer got a gradient), "loss-clamp" (an
+    upper clamp on the loss and how many examples were above it), "loss-terms" (the loss
+    functions one backward summed, with their sizes), "bn-input" (the first pretrained
+    BatchNorm's input statistics against its running ones)."""
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +147,7 @@ class StepFigures:
 
     step: int
     loss: float | None = None
+    val_loss: float | None = None  # the mean held-out loss of an evaluation since the previous step
     lrs: tuple[float, ...] | None = None  # every optimizer param group's learning rate (None: no optimizer)
     all_eval: bool = False  # an optimizer step while every train-sensitive module was in eval mode
     events: list[Event] = field(default_factory=list)
@@ -153,6 +157,8 @@ class StepFigures:
         """The compact log form of everything but the loss and the sampled matrix (which the log
         keeps in its own fields); None when there is nothing to write."""
         out: dict[str, Any] = {}
+        if self.val_loss is not None:
+            out["val_loss"] = num(self.val_loss)
         if self.lrs is not None and self.lrs != previous_lrs:
             out["lrs"] = [num(v) for v in self.lrs]
         if self.all_eval:
@@ -180,6 +186,9 @@ class StepFigures:
         raw = d.get("lrs")
         figs.lrs = tuple(math.nan if v is None else float(v) for v in raw) if isinstance(raw, list) else lrs
         figs.all_eval = bool(d.get("all_eval", False))
+        if "val_loss" in d:
+            v = d["val_loss"]
+            figs.val_loss = math.nan if v is None else float(v)
         for e in d.get("events", []) or []:
             if isinstance(e, dict) and isinstance(e.get("kind"), str):
                 figs.events.append(Event(e["kind"], {k: v for k, v in e.items() if k != "kind"}))

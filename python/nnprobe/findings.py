@@ -230,9 +230,84 @@ CATALOGUE: dict[str, Entry] = {
         "OLMo and PaLM training reports (loss spikes: skip the batches, restart before the spike); "
         "Karpathy's recipe (watch the loss). nnprobe: a robust z-score, the loss 10 median absolute "
         "deviations (x1.4826), 50%, and twice the window's spread (its highest loss less the median) above "
-        "its highest loss, over the last 32 losses (refreshed every 8, and after a spike); the spike "
+        "its highest loss, over the last 32 losses (refreshed every 8, and after a spike), and a tenth of the "
+        "loss's level at the start of the run above the median (a converged loss of 0.01 with one batch at "
+        "0.1 is noise on a clean run, measured); the spike "
         "step's gradients are taken before its update, and the first layer in forward order whose gradient "
         "norm is 4x its median over the last 5 sampled steps is named.",
+    ),
+    "loss-clipped": Entry(
+        "runtime", "warning", "The loss is clamped before backward",
+        "An upper clamp on the loss (clamp(max=c), clamp_max, torch.minimum) passes no gradient for "
+        "every example above the cap: exactly the hardest examples, the outliers, stop teaching the "
+        "model. It is usually meant as gradient clipping.",
+        "Remove the clamp and clip the gradients instead: loss.backward(); "
+        "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm); optimizer.step(). For robustness "
+        "to outliers use a bounded-gradient loss (F.huber_loss, F.smooth_l1_loss).",
+        "Karpathy, 'A Recipe for Training Neural Networks' ('tried to clip gradients but clipped loss "
+        "instead, causing outliers to be ignored'). nnprobe reads the graph of the loss handed to "
+        "probe.step(loss=...): an upper clamp between the loss function and the loss, and the loss "
+        "function's own values on that step. It fires when at least one example was above the cap on a "
+        "judged step: such an example gets exactly zero gradient, a fact rather than a statistic; a "
+        "clamp that never binds (or one on the logits, below the loss function) is silent.",
+    ),
+    "lr-schedule": Entry(
+        "runtime", "warning", "The learning-rate schedule stops the training early",
+        "A schedule that reaches zero while training goes on wastes every later step; one that decays "
+        "far too early (an epoch schedule such as StepLR(step_size=30) stepped once per batch) freezes "
+        "a loss that was still falling.",
+        "Step epoch schedulers once per epoch (or give them step counts: T_max = total steps for "
+        "per-batch cosine); plot the learning rate (the report does) and check it ends where the run ends.",
+        "Karpathy, 'A Recipe for Training Neural Networks' ('do not trust LR decay defaults'); the common "
+        "mistakes list (#16, inadequate learning rate scheduling). nnprobe reads every param group's "
+        "learning rate every step. It fires when a rate that had been positive stays at zero for 10 "
+        "steps and 2% of the run so far, or when it falls below 1% of its peak at a step t while the loss "
+        "was still falling (2% lower over the last max(5, min(t/4, 100)) steps than over the window before) and, "
+        "after as many steps again below 1%, the loss falls at less than half the rate of that last "
+        "window. A cosine or multi-step schedule reaches 1% in the last part of the run (cosine at "
+        "94%), so it never spends as long below 1% as above it and stays silent; ReduceLROnPlateau "
+        "lowers the rate only once the loss has stopped falling.",
+    ),
+    "overfitting": Entry(
+        "runtime", "warning", "The validation loss rises while the training loss falls",
+        "The model is memorising the training set: every evaluation after the best one is worse on "
+        "held-out data, and the compute spent since is wasted or harmful.",
+        "Stop at the best step (early stopping: keep the checkpoint with the lowest validation loss); "
+        "regularise (more data, augmentation, weight decay, dropout, a smaller model).",
+        "Karpathy, 'A Recipe for Training Neural Networks' (regularize: 'early stopping'); the common "
+        "mistakes list (#18, ignoring early stopping). nnprobe takes the validation loss from losses "
+        "computed under no_grad/inference_mode while the probe is open, or probe.step(val_loss=...). "
+        "It fires when the validation loss rose at 3 evaluations in a row and ends 2% above its best, "
+        "while the median training loss over the last evaluation interval is 1% below its median over the first "
+        "interval of the rise: "
+        "one noisy evaluation is not a trend, and a rise that the training loss shares is not "
+        "overfitting. The finding names the best step.",
+    ),
+    "no-validation": Entry(
+        "runtime", "info", "The run never evaluated on held-out data",
+        "Without a validation loss, overfitting and the step to stop at are invisible; the training "
+        "loss alone says nothing about generalisation.",
+        "Evaluate on a held-out split every few hundred steps (under torch.no_grad() and model.eval()), "
+        "or hand the value to probe.step(val_loss=...).",
+        "The common mistakes list ('properly evaluating the model on validation or test data', #18 "
+        "early stopping); Karpathy's recipe (set up the end-to-end training/evaluation skeleton). nnprobe "
+        "reports it at the end of a run with 100 or more training losses and no validation loss "
+        "(none computed under no_grad, none given to probe.step(val_loss=...)); shorter runs are "
+        "experiments and stay silent.",
+    ),
+    "loss-scale-mismatch": Entry(
+        "runtime", "warning", "The summed loss terms differ in scale by more than 1000x",
+        "When one backward sums several losses, a term 1000x smaller than another contributes about "
+        "nothing to the gradient: it is effectively ignored (a sum reduction next to a mean, targets "
+        "on a 0-255 scale, a weight off by powers of ten).",
+        "Put the terms on comparable scales (the same reduction, normalised targets) and weight them "
+        "on purpose; log each term separately.",
+        "The debugging checklist ('especially when using more than one type of losses, make sure all "
+        "losses are scaled properly'). nnprobe measures, on judged steps, each loss-function call that "
+        "one backward sums by |term x d(total)/d(term)| (its value times the weight the total gives it, "
+        "read from the gradient reaching the term, so a deliberate weighting counts). It fires when the "
+        "largest is over 1000x the smallest on 5 judged steps in a row spanning 20 steps or more; a "
+        "term weighted exactly 0 is taken as switched off on purpose.",
     ),
     # structure (lint)
     "bias-before-norm": Entry(
@@ -284,11 +359,10 @@ CATALOGUE: dict[str, Entry] = {
     ),
     "causal-leak": Entry(
         "deps", "error", "An output depends on future inputs",
-        "An autoregressive model must only see positions <= t; a missing or off-by-one causal mask, "
-        "a non-causal convolution, or targets equal to the inputs at the same position (a missing "
-        "shift by one) let it read the token it predicts.",
-        "Check the attention mask (torch.triu(..., diagonal=1)) and the convolution padding (left "
-        "only); for data, inputs = tokens[:, :-1] and targets = tokens[:, 1:].",
+        "An autoregressive model must only see positions <= t; a missing or off-by-one causal mask "
+        "or a non-causal convolution lets it read the token it predicts (targets equal to the inputs "
+        "in the data are target-in-input).",
+        "Check the attention mask (torch.triu(..., diagonal=1)) and the convolution padding (left only).",
         "Karpathy's recipe ('autoregressive model takes as input the word it is trying to predict').",
     ),
     "view-mixes-batch": Entry(
@@ -339,6 +413,36 @@ CATALOGUE: dict[str, Entry] = {
         "Deduplicate across splits before training; split by a key (user, document) when samples repeat.",
         "Karpathy's recipe; common leakage checks.",
     ),
+    "target-in-input": Entry(
+        "data", "error", "The targets equal the inputs at the same positions",
+        "For next-token prediction the target at position t must be the input at t+1. When y[:, t] == "
+        "x[:, t] the model is shown the token it must predict: it learns to copy, the loss drops "
+        "fast, and generation is useless.",
+        "Shift by one: inputs = tokens[:, :-1], targets = tokens[:, 1:].",
+        "Karpathy, 'A Recipe for Training Neural Networks' ('autoregressive model takes as input the word "
+        "it's trying to predict due to an off-by-one bug'). nnprobe reads integer sequences (x, y) of "
+        "the same shape [N, T >= 2]: it fires when y equals x at the same position in more than 90% of "
+        "positions and more often than with the shift y[:, t] == x[:, t+1] (a correctly shifted dataset "
+        "matches the shifted comparison instead). Dict batches with input_ids and labels (the Hugging "
+        "Face convention, where the model shifts internally) are skipped.",
+    ),
+    "pretrained-input-mismatch": Entry(
+        "data", "warning", "The inputs do not match the pretrained model's normalisation",
+        "A pretrained model's BatchNorm running statistics record what its inputs looked like in "
+        "pretraining. Inputs normalised differently (raw pixels, [0, 1] without the mean and std the "
+        "checkpoint was trained with) reach its first normalisation layer far from those statistics: "
+        "the pretrained features start out wrong and fine-tuning first has to undo the shift.",
+        "Normalise inputs exactly as in pretraining (e.g. torchvision's weights.transforms(), or "
+        "Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]) for ImageNet checkpoints).",
+        "Karpathy, 'A Recipe for Training Neural Networks' ('initialized weights from pre-trained "
+        "checkpoint but didn't use original mean'). nnprobe compares, at the first BatchNorm whose "
+        "running statistics have seen data (num_batches_tracked > 0), the batch's per-channel mean and "
+        "variance with the running ones: it fires when the rms over channels of |batch mean - running "
+        "mean| / running std exceeds 1, or the median variance ratio is outside [1/9, 9] (3x in std). "
+        "Correctly normalised inputs from a new dataset shift these by a fraction of a std; a "
+        "forgotten normalisation shifts them by several. Run by check_init, doctor, and watch at the "
+        "first training step.",
+    ),
     # recipe
     "cannot-overfit-batch": Entry(
         "recipe", "error", "The model cannot overfit a single batch",
@@ -353,6 +457,20 @@ CATALOGUE: dict[str, Entry] = {
         "loss: it does not use the inputs (the data is not reaching it, or labels are shuffled).",
         "Check that the inputs reach the model and that inputs and labels are paired correctly.",
         "Karpathy, 'A Recipe for Training Neural Networks' (input-independent baseline).",
+    ),
+    "gradient-mismatch": Entry(
+        "recipe", "error", "A backward disagrees with finite differences",
+        "A hand-written backward (a custom torch.autograd.Function) that returns a wrong gradient "
+        "trains nothing correctly, yet the loss may still fall somewhat: the bug stays silent.",
+        "Fix the module's backward (check each returned gradient against torch.autograd.gradcheck "
+        "on small float64 inputs); or drop the custom Function and let autograd differentiate.",
+        "The debugging checklist ('use gradient checking to check for these errors by approximating the "
+        "gradient using a numerical approach'; 'incorrect expression for gradient updates'). "
+        "check_gradients compares, on a float64 copy, the analytic directional derivative of a random "
+        "projection of each checked module's output with central finite differences along 3 random "
+        "directions (two forwards each, whatever the number of parameters). It fires when they differ "
+        "by more than rtol (1e-3) of the larger, at two step sizes: float64 differences agree to about "
+        "1e-7, and a kink crossed by one step size is not crossed by the other.",
     ),
     "not-reproducible": Entry(
         "recipe", "warning", "Two runs with the same seed differ",

@@ -65,6 +65,7 @@ def judge(log: Log) -> list[Finding]:
     j = Judge(plan)
     for figs in figures:
         j.judge(figs)
+    j.finish()
     return j.findings
 
 

@@ -58,8 +58,9 @@ class RunContext:
 
 class Check:
     """A runtime check. `wakes_on` names what it reads: "step" (every step), "loss" (steps with
-    a loss), "sampled" (steps sampled by step count) or an event kind; the judge calls `judge`
-    only on steps that have one of them."""
+    a loss), "val_loss" (steps with a validation loss), "sampled" (steps sampled by step count) or
+    an event kind; the judge calls `judge` only on steps that have one of them, and `finish` once
+    when the run is over (for verdicts only the whole run can give)."""
 
     codes: ClassVar[tuple[str, ...]] = ()
     wakes_on: ClassVar[tuple[str, ...]] = ()
@@ -69,6 +70,9 @@ class Check:
 
     def judge(self, figs: StepFigures) -> Iterable[Raised]:
         raise NotImplementedError
+
+    def finish(self) -> Iterable[Raised]:
+        return ()
 
 
 class Streaks:

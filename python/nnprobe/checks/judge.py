@@ -20,7 +20,10 @@ class Judge:
             check = cls(self.run)
             for trigger in cls.wakes_on:
                 self._by_trigger.setdefault(trigger, []).append(check)
+        self._checks = [c for cs in self._by_trigger.values() for c in cs]
+        self._checks = [c for k, c in enumerate(self._checks) if c not in self._checks[:k]]
         self.findings: list[Finding] = []
+        self._finished = False
         self._index: dict[tuple[str, str | None], int] = {}
 
     def judge(self, figs: StepFigures) -> list[Finding]:
@@ -28,6 +31,8 @@ class Judge:
         triggers = ["step"]
         if figs.loss is not None:
             triggers.append("loss")
+        if figs.val_loss is not None:
+            triggers.append("val_loss")
         s = figs.sampled
         if s is not None and s.judged:
             self.run.saw_forward(s.act_order)
@@ -43,6 +48,19 @@ class Judge:
         new: list[Finding] = []
         for check in woken:
             for r in check.judge(figs):
+                f = self._keep(r)
+                if f is not None:
+                    new.append(f)
+        return new
+
+    def finish(self) -> list[Finding]:
+        """The run is over: the verdicts only a whole run gives (once; later calls return [])."""
+        if self._finished:
+            return []
+        self._finished = True
+        new: list[Finding] = []
+        for check in self._checks:
+            for r in check.finish():
                 f = self._keep(r)
                 if f is not None:
                     new.append(f)

@@ -6,12 +6,18 @@ from .base import Check
 from .gradients.flow import GradientFlow
 from .gradients.nonfinite import NonFinite
 from .gradients.zero_grad import ZeroGradMissing
+from .inputs.pretrained_input import PretrainedInputMismatch
 from .loss.at_init import LossAtInit
+from .loss.clipped import LossClipped
 from .loss.input_format import LossInputFormat
+from .loss.no_validation import NoValidation
 from .loss.not_decreasing import LossNotDecreasing
 from .loss.spike import LossSpike
+from .loss.overfitting import Overfitting
+from .loss.scale_mismatch import LossScaleMismatch
 from .modes.eval_mode_training import EvalModeTraining
 from .modes.train_mode_eval import TrainModeEval
+from .optimizer.lr_schedule import LrSchedule
 from .optimizer.never_updated import ParamNeverUpdated
 from .optimizer.not_in_optimizer import ParamNotInOptimizer
 from .optimizer.update_ratio import UpdateRatio
@@ -35,4 +41,10 @@ CHECKS: tuple[type[Check], ...] = (
     LossNotDecreasing,
     LossScaleCollapse,
     LossSpike,
+    LossClipped,
+    LossScaleMismatch,
+    PretrainedInputMismatch,
+    LrSchedule,
+    Overfitting,
+    NoValidation,
 )

@@ -3,7 +3,8 @@
 Class counts and imbalance, per-feature (tabular) or per-channel (images, signals) mean and std
 from the core's one-pass statistics, non-finite values, constant features, exact duplicates within
 a split and across data/test (rows hashed in parallel by the core, hash matches confirmed byte by
-byte), outliers, and sequence targets that equal their inputs (a missing shift by one).
+byte), outliers, and sequence targets that equal their inputs (a missing shift by one:
+`target-in-input`).
 
 Thresholds: `class-imbalance` when the largest class is more than 10x the smallest (SageMaker
 Debugger's ClassImbalance). `unnormalized-inputs` (float inputs only; integer inputs are taken as
@@ -31,6 +32,7 @@ SCALE_RATIO = 100.0
 OFFSET_SIGMAS = 5.0
 OUTLIER_Z = 8.0
 DUPLICATE_SHARE = 0.01
+SAME_SHARE = 0.9  # target-in-input: share of positions where y[:, t] == x[:, t]
 _PROGRESS_MIN = 20_000  # samples; a progress bar below that would only flicker
 
 
@@ -45,6 +47,7 @@ class _Split:
     x: np.ndarray
     y: np.ndarray | None
     source: str  # how the samples were read: "arrays", "dataset", "loader"
+    shifted_inside: bool = False  # dict samples with input_ids and labels: the model shifts them itself
 
 
 def _to_numpy(v: Any) -> np.ndarray:
@@ -120,8 +123,10 @@ def _read(data: Any, max_samples: int | None, progress: bool | None, what: str) 
 def _read_batches(batches: Any, total: int | None, max_samples: int | None, progress: bool | None, what: str, source: str) -> _Split:
     xs, ys = [], []
     n = 0
+    hf = False
     with _progress(total, f"inspect_data ({what})", progress) as bar:
         for b in batches:
+            hf = hf or (isinstance(b, dict) and "input_ids" in b and "labels" in b)
             x, y = _split_sample(b)
             x = _to_numpy(x)
             xs.append(x)
@@ -137,7 +142,7 @@ def _read_batches(batches: Any, total: int | None, max_samples: int | None, prog
     y = np.concatenate(ys) if len(ys) == len(xs) else None
     if max_samples is not None:
         x, y = x[:max_samples], (None if y is None else y[:max_samples])
-    return _Split(x, y, source)
+    return _Split(x, y, source, shifted_inside=hf)
 
 
 def _classes(y: np.ndarray | None) -> np.ndarray | None:
@@ -344,7 +349,8 @@ def inspect_data(data: Any, *, test: Any = None, max_samples: int | None = None,
                 data={"count": int(len(ov)), "share": share, "pairs": ov[:100].tolist()},
             ))
 
-    findings += _target_shift(x, y)
+    if not train.shifted_inside:
+        findings += _target_shift(x, y)
     rep.findings = findings
     return rep
 
@@ -399,20 +405,24 @@ def _outliers(xf: np.ndarray | None, mean: np.ndarray, std: np.ndarray) -> list[
 
 
 def _target_shift(x: np.ndarray, y: np.ndarray | None) -> list[Finding]:
-    """Token sequences whose targets equal the inputs at the same position: the model is asked
-    for the token it is given (the shift by one between inputs and targets is missing)."""
+    """target-in-input: token sequences (x, y) of the same shape [N, T >= 2] whose targets equal the
+    inputs at the same position in more than SAME_SHARE of positions, and more often than with
+    the shift y[:, t] == x[:, t+1]: the model is asked for the token it is given (the shift by
+    one is missing). Float sequences are left alone: an autoencoder's targets are its inputs."""
     if y is None or x.shape != y.shape or x.ndim != 2 or x.shape[1] < 2:
         return []
     if not (np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer)):
         return []
     same = float(np.mean(x == y))
     shifted = float(np.mean(x[:, 1:] == y[:, :-1]))
-    if same > 0.9 and same > shifted:
+    if same > SAME_SHARE and same > shifted:
+        first = int(np.argmax((x == y).all(axis=1))) if (x == y).all(axis=1).any() else 0
         return [Finding(
-            "causal-leak", "error",
-            f"the targets equal the inputs at the same position in {same:.0%} of positions: the model is asked to "
-            "output the token it is given (the shift by one is missing)",
-            hint="use inputs = tokens[:, :-1] and targets = tokens[:, 1:]",
-            data={"same_position": same, "shifted": shifted},
+            "target-in-input", "error",
+            f"the targets equal the inputs at the same position in {same:.0%} of positions (y[:, t] == x[:, t]; "
+            f"with the shift y[:, t] == x[:, t+1] only {shifted:.0%}), e.g. sample {first}: the model is shown the "
+            "token it must predict",
+            hint="shift by one: inputs = tokens[:, :-1], targets = tokens[:, 1:]",
+            data={"same_position": same, "shifted": shifted, "example": first},
         )]
     return []

@@ -1,6 +1,8 @@
 """`doctor()`: the recipe's skeleton in order, on a model, its data, its loss and its optimizer:
-inspect the data, lint the structure, check the initialisation, check that examples stay
-independent, overfit one small batch, then a short watched training run. One report.
+inspect the data (target-in-input among its checks), lint the structure, check the
+initialisation (pretrained-input-mismatch among its checks), check the gradients against finite
+differences, check that examples stay independent, overfit one small batch, then a short
+watched training run. One report.
 
 Nothing of the user's is changed: the checks run in eval mode or on copies, and the watched run
 trains a deep copy of the model with a copy of the optimizer.
@@ -14,6 +16,7 @@ from typing import Any, Callable
 
 from ..findings import Finding, Report
 
+GRADIENT_SAMPLES = 4  # finite differences need a few examples, not a batch
 OVERFIT_SAMPLES = 16  # Karpathy: overfit "a single batch of only a few examples"; TheDeepChecker uses 16
 DATA_SAMPLES = 200_000  # cap on the samples inspect_data reads from the loader's dataset
 
@@ -107,13 +110,15 @@ class _WatchReport(Report):
 
 def doctor(model: Any, loader: Any, loss_fn: Callable, optimizer: Any, *, steps: int = 50) -> DoctorReport:
     """Runs the recipe's checks in order and returns one report: inspect_data on the loader's
-    data, lint, check_init (with the data's class prior), check_batch_independence,
+    data, lint, check_init (with the data's class prior), check_gradients on 4 examples,
+    check_batch_independence,
     overfit_one_batch on the first 16 examples of the first batch, then `steps` training steps of
     a copy of the model under `nnprobe.watch`."""
     import torch
 
     from .data import inspect_data
     from .deps import check_batch_independence
+    from .gradients import check_gradients
     from .init import check_init, split_batch
     from .lint import lint
     from .recipe import clone_optimizer, overfit_one_batch
@@ -132,6 +137,9 @@ def doctor(model: Any, loader: Any, loss_fn: Callable, optimizer: Any, *, steps:
     if prior is None and getattr(data.report, "target_mean", None) is not None:
         prior = data.report.target_mean
     stages.append(_run_stage("init", lambda: check_init(model, (x, y), loss_fn, prior=prior)))
+    few = _head(x, GRADIENT_SAMPLES)
+    stages.append(_run_stage("gradients", lambda: check_gradients(model, *(few if isinstance(few, tuple) else (few,))),
+                             f"on the first {GRADIENT_SAMPLES} examples of the first batch"))
     if isinstance(x, torch.Tensor) and x.ndim >= 1 and len(x) >= 2:
         stages.append(_run_stage("batch independence", lambda: check_batch_independence(model, x)))
     else:

@@ -1,6 +1,10 @@
 """`check_init()`: the loss at initialisation against its expected value, and the final layer's
 bias against the data's prior (Karpathy's recipe: "verify loss @ init", "init well").
 
+Pretrained input: at the first BatchNorm whose running statistics have seen data, the batch's
+per-channel statistics against them (`pretrained-input-mismatch`, judged as `watch` judges it at
+the first step: `checks/inputs/pretrained_input.py`).
+
 Expected loss: ln C for C-class cross-entropy (and NLL on log_softmax), ln 2 per label for binary
 cross-entropy, the target variance for MSE (what a model predicting the target mean scores).
 `loss-at-init` fires when the first loss is more than `LOSS_RATIO` times that value: the logits
@@ -141,14 +145,20 @@ def check_init(model: Any, batch: Any, loss_fn: Any, *, prior: Any = None) -> In
     torch = _torch()
     x, y = split_batch(batch)
     kind = loss_name(loss_fn)
-    with preserved(model), torch.no_grad():
-        if isinstance(model, torch.nn.Module):
-            model.train()
-        out_raw = call_model(model, x)
-        out = first_tensor(out_raw)
-        loss_t = loss_fn(out_raw if out is None else out, y)
+    bn_seen: list[tuple[str, Any, dict[str, Any]]] = []
+    handles = _watch_pretrained_bn(model, bn_seen)
+    try:
+        with preserved(model), torch.no_grad():
+            if isinstance(model, torch.nn.Module):
+                model.train()
+            out_raw = call_model(model, x)
+            out = first_tensor(out_raw)
+            loss_t = loss_fn(out_raw if out is None else out, y)
+    finally:
+        for h in handles:
+            h.remove()
     loss = float(loss_t.detach().float().mean()) * (_reduction_scale(loss_fn, out, y, kind) if kind and out is not None else 1.0)
-    findings: list[Finding] = []
+    findings: list[Finding] = _pretrained_input(bn_seen)
     notes: list[str] = []
     expected = None
     prior_used: Any = None
@@ -218,6 +228,45 @@ def check_init(model: Any, batch: Any, loss_fn: Any, *, prior: Any = None) -> In
         notes.append("the final layer is not a Linear/Conv module: its bias was not checked")
     return InitReport(findings, loss=loss, expected=expected, loss_kind=kind,
                       final_layer=final.name if final is not None else None, prior=prior_used, notes=notes)
+
+
+def _watch_pretrained_bn(model: Any, seen: list[tuple[str, Any, dict[str, Any]]]) -> list[Any]:
+    """One-time pre-hooks on the BatchNorms whose running statistics have seen data: the first to
+    run records its input's per-channel statistics against the running ones."""
+    torch = _torch()
+    if not isinstance(model, torch.nn.Module):
+        return []
+    from ..checks.inputs.pretrained_input import bn_input_figures
+    from ..runtime.taps import pretrained_bn
+
+    def make(name: str, m: Any) -> Any:
+        def hook(module: Any, args: Any) -> None:
+            x = args[0] if args else None
+            if seen or not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+                return None
+            xd = x.detach().double()
+            dims = [0] + list(range(2, xd.dim()))
+            v = torch.stack([xd.mean(dims), xd.var(dims, unbiased=False), m.running_mean.double(), m.running_var.double()])
+            v = v.cpu().numpy()
+            seen.append((name, module, bn_input_figures(v[0], v[1], v[2], v[3], float(m.eps))))
+            return None
+
+        return hook
+
+    return [m.register_forward_pre_hook(make(name, m)) for name, m in model.named_modules() if pretrained_bn(m)]
+
+
+def _pretrained_input(seen: list[tuple[str, Any, dict[str, Any]]]) -> list[Finding]:
+    from ..checks.inputs.pretrained_input import judge_bn_input
+    from ..findings import CATALOGUE
+
+    out = []
+    for name, module, figures in seen[:1]:
+        r = judge_bn_input(name, f"'{name}' ({type(module).__name__})", figures, None)
+        if r is not None:
+            out.append(Finding(r.code, CATALOGUE[r.code].severity, r.message, module=name, hint=CATALOGUE[r.code].fix,
+                               data=r.data))
+    return out
 
 
 def _expected_words(kind: str, out: Any) -> str:

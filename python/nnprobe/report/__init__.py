@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..findings import CATALOGUE, explain
+from .views import batch_view, prediction_view
 from . import svg
 from .logfile import Log, LogError, log_files, pick_run, read_runs
 
@@ -43,6 +44,7 @@ class RunData:
     loss_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
     findings: list[dict[str, Any]] = field(default_factory=list)
     masks: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)  # live only: the batch before the net, prediction dynamics (HTML)
     meta: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the log file's name
     ended: bool = True  # false for a log that a killed process left
@@ -142,6 +144,7 @@ def from_probe(probe: Any) -> RunData:
         fields=list(FIELDS), rows=probe.plan.rows.describe(), steps=h.steps, mats=h.matrices.astype(np.float64),
         hist_lo=core.HIST_LO, hists=hists, loss_steps=ls, loss_values=lv,
         findings=[asdict(f) for f in probe.findings],
+        views=[v for v in (batch_view(probe.first_batch()), prediction_view(probe.predictions())) if v],
         meta={"model": next(iter(probe.plan.modules.values()), "")},
     )
 
@@ -367,6 +370,10 @@ def render(run: RunData, path: str | os.PathLike, *, title: str = "nnprobe repor
         parts.append("<h2>Dependency masks</h2><p>Black: output i depends on input j. A clean batch is the "
                      "identity; a causal model is lower-triangular.</p><div class='plots'>")
         parts += [f"<figure data-plot='{_e(t)}'>{plot_mask(t, m)}</figure>" for t, m in run.masks]
+        parts.append("</div>")
+    if run.views:
+        parts.append("<h2>Just before the net, and what it predicts</h2><div class='plots'>")
+        parts += run.views
         parts.append("</div>")
     parts.append("<h2>Layers (latest sampled figures)</h2>" + _layer_table(run))
     parts.append("</body></html>")

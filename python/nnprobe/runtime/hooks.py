@@ -31,6 +31,9 @@ class HookSet:
     def __len__(self) -> int:
         return len(self._handles)
 
+    def ids(self) -> set[int]:
+        return {h.id for h in self._handles}
+
     def forward(self, module: torch.nn.Module, fn: Callable[..., Any]) -> None:
         self._handles.append(module.register_forward_hook(fn))
 
@@ -114,7 +117,10 @@ def root_pre_hook(state: LiveState, root: torch.nn.Module, sensitive: list[tuple
             elif len(state.inputs) < 8:
                 state.inputs.append((args, kwargs))
             state.fwd_grad += 1
-        elif sensitive and state.checks_on:
+        elif state.checks_on:
+            if not state.evaluated:  # once a step: an evaluation happened (no-validation reads it)
+                state.evaluated = True
+                state.event("evaluated")
             try:
                 training = [(n, m) for n, m in sensitive if m.training]
                 # torch.optim.swa_utils.update_bn recalibrates BatchNorm this way on purpose

@@ -145,6 +145,9 @@ class LossObserver:
         self._init_done = False
         self.values: list[float] = []  # training loss values of the current step (host)
         self.tensors: list[torch.Tensor] = []  # the same, still on their device
+        self.val_values: list[float] = []  # losses computed under no_grad (evaluations), host
+        self.val_tensors: list[torch.Tensor] = []  # the same, still on their device
+        self.graph: Any = None  # the probe's LossGraph, which tracks training loss calls on judged steps
 
     # called by the wrappers
     def observe(self, name: str, kind: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
@@ -158,6 +161,13 @@ class LossObserver:
                     self.values.append(float(out.detach()))
                 else:
                     self.tensors.append(out.detach().reshape(()))
+            elif isinstance(out, torch.Tensor) and out.numel() == 1:  # under no_grad: an evaluation's loss
+                if out.device.type == "cpu":
+                    self.val_values.append(float(out.detach()))
+                else:
+                    self.val_tensors.append(out.detach().reshape(()))
+            if training and self.graph is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+                self.graph.track(name, args, kwargs, out)  # runtime/loss_graph.py: summed terms, clamps
             if kind is None:
                 return
             n = self._calls.get(name, 0)

@@ -62,6 +62,7 @@ class Probe:
         from .params import ParamFigures
         from .schedule import Schedule
         from .state import LiveState
+        from .taps import RecipeTaps
 
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"watch() expects a torch.nn.Module, got {type(model).__name__}")
@@ -122,6 +123,9 @@ class Probe:
         self._hookset = hooks.HookSet
         self._fwd_hooks = [hooks.forward_hook(st, m.module, m.act_row, m.grad_row, m.unit) for m in w.modules]
         self._sentinel: hooks.ZeroGradSentinel | None = None
+        fref, hs = weakref.ref(self), (self._hooks, self._sampled_hooks)  # the taps must not hold the probe
+        self._taps = RecipeTaps(st, w.model, self._loss_obs, self._open, lambda: _figs_of(fref()),
+                                lambda: hs[0].ids() | hs[1].ids(), distributed=bool(self._dist))
         ref = weakref.ref(self)
         self._atexit = functools.partial(_close_if_alive, ref)
         self._skips: Any = None
@@ -134,7 +138,8 @@ class Probe:
                 self._hooks.optimizer(opts[0], _weak(ref, "_on_step_pre"), _weak(ref, "_on_step_post"))
             atexit.register(self._atexit)
             # a probe dropped without close(): its hooks and function mode go with it
-            self._finalizer = weakref.finalize(self, _release, st, [self._hooks, self._sampled_hooks], self._tap)
+            self._finalizer = weakref.finalize(self, _release, st, [self._hooks, self._sampled_hooks, self._taps.hookset],
+                                               self._tap)
             self._begin_step()
         except BaseException:
             self.close()  # a half-made probe leaves nothing behind
@@ -184,6 +189,7 @@ class Probe:
             if self._skips is not None:
                 self._skips.stepping(self._w.params, self._w.in_optimizer)
             self._resolve_device_losses(st.step)  # the last step's device loss, into its figures before they are judged
+            self._taps.before_seal()
             self._seal(st.step)
             self._pre_step()
         except Exception as e:  # noqa: BLE001
@@ -203,6 +209,7 @@ class Probe:
             if not self._dist:
                 self._schedule.force_next = True
         self._resolve_device_losses(s)
+        self._taps.end_of_backward(figs, s)
         w = self._w
         if w.train_sensitive and not any(m.training for _, m in w.train_sensitive):
             st.event("all-eval")
@@ -274,6 +281,7 @@ class Probe:
                 self._params.grads(rec)
                 self._params.updates(rec)
             self._end_step(s)
+            self._taps.after_step(s)
         except Exception as e:  # noqa: BLE001
             st.fail("step bookkeeping", e)
             st.step = s + 1
@@ -324,6 +332,7 @@ class Probe:
             rec.closed = True
             rec.outputs.clear()  # the step's activations, kept for functional units: let them go
         figs.events, st.events = st.events, []
+        st.evaluated = False
         self._open.append(figs)
         self._finish_pending(s)
         st.step = s + 1
@@ -500,10 +509,12 @@ class Probe:
                 self._state.fail(f"sink {type(sk).__name__}", e)
 
     # ================================================================== public API
-    def step(self, loss: Any = None) -> None:
+    def step(self, loss: Any = None, val_loss: Any = None) -> None:
         """Mark the end of a training step (without optimizer), and/or give its loss (a tensor or a
-        number). With an optimizer, steps are counted by optimizer.step(): a loss given after it
-        belongs to the step just taken, one given before it to the step in progress."""
+        number) and a validation loss (held-out data; None on steps without an evaluation). With an
+        optimizer, steps are counted by optimizer.step(): a loss given after it belongs to the step
+        just taken, one given before it to the step in progress. A loss tensor's graph is read for
+        an upper clamp (`loss-clipped`)."""
         st = self._state
         if self._closed:
             return
@@ -516,10 +527,15 @@ class Probe:
                 loss = None
             if loss is not None:
                 value = float(loss.detach().float().mean()) if hasattr(loss, "detach") else float(loss)
+            if val_loss is not None:
+                self._figs.val_loss = float(val_loss.detach().float().mean()) if hasattr(val_loss, "detach") else float(val_loss)
             if self._opts:
                 if value is None:
                     return
-                if st.fwd_grad > 0 or st.step == 0:
+                of = st.step if st.fwd_grad > 0 or st.step == 0 else st.step - 1
+                if getattr(loss, "grad_fn", None) is not None:
+                    self._taps.loss_given(loss, of)
+                if of == st.step:
                     self._explicit[st.step] = value  # read by the optimizer pre-hook
                 else:
                     self._set_loss(st.step - 1, value)
@@ -529,8 +545,12 @@ class Probe:
             s = st.step
             if value is not None:
                 self._explicit[s] = value
+            if getattr(loss, "grad_fn", None) is not None:
+                self._taps.loss_given(loss, s)
+            self._taps.before_seal()
             self._take_loss(s, before_update=False)
             self._resolve_device_losses(s)
+            self._taps.end_of_backward(self._figs, s)
             self._figs.lrs = None
             w = self._w
             if st.fwd_grad > 0 and w.train_sensitive and not any(m.training for _, m in w.train_sensitive):
@@ -541,6 +561,7 @@ class Probe:
                 self._params.updates(rec)
                 self._rerun(rec)
             self._end_step(s)
+            self._taps.after_step(s)
             self._seal(st.step)
             st.charge(st.clock() - t0, rec)
             self._schedule.clock(st.clock(), s, st.own_cheap, rec)
@@ -564,13 +585,16 @@ class Probe:
         if finalizer is not None:
             finalizer()  # removes the hooks and the loss tap now
         else:
-            _release(st, [getattr(self, "_hooks", None), getattr(self, "_sampled_hooks", None)], getattr(self, "_tap", None))
+            taps = getattr(self, "_taps", None)
+            _release(st, [getattr(self, "_hooks", None), getattr(self, "_sampled_hooks", None),
+                          taps.hookset if taps is not None else None], getattr(self, "_tap", None))
         st.record = None
         st.inputs = []  # let the last batch go
         self._params.snapshot = []
         try:
             self._loss_obs.resolve(wait=True)
-            if st.events:
+            self._taps.at_close(self._figs)
+            if st.events or self._figs.val_loss is not None:
                 # events after the last step (an evaluation after training): a step of their own
                 self._figs.events, st.events = st.events, []
                 self._figs.lrs = self._learning_rates(self._opts) if self._opts else None
@@ -579,6 +603,8 @@ class Probe:
             self._resolve_device_losses(st.step)
             self._finish_pending(st.step, wait=True)
             self._seal(st.step + 1, wait=True)
+            for f in self._judge.finish() if self._judge is not None else ():
+                self._to_sinks("finding", f)
         except DiagnosticError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -645,6 +671,15 @@ class Probe:
             raise KeyError(f"no {kind} row named {name!r}; watched: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}")
         return self._history.aggregate(members, stat)
 
+    def first_batch(self) -> dict[str, Any] | None:
+        """The first batch as the model got it: {"inputs", "targets"} (NumPy, up to 64 examples)."""
+        return self._taps.glimpse.first_batch()
+
+    def predictions(self) -> dict[str, Any] | None:
+        """Predictions on the first batch's first 16 examples over the run: {"steps" [S], "values"
+        [S, 16] (p(true class) if kind == "p_true", else the first output), "kind", "targets", "seconds"}."""
+        return self._taps.glimpse.predictions()
+
     def summary(self) -> str:
         """A per-layer table of the latest sampled figures, and the findings."""
         from ..summary import summary_table
@@ -683,6 +718,10 @@ def _close_if_alive(ref: weakref.ReferenceType[Probe]) -> None:
     p = ref()
     if p is not None:
         p.close()
+
+
+def _figs_of(p: Probe | None) -> StepFigures | None:
+    return p._figs if p is not None else None
 
 
 def _release(state: Any, hooksets: list[Any], tap: Any) -> None:

@@ -34,6 +34,7 @@ class LiveState:
         self.fwd_grad = 0  # training forwards since the last optimizer step
         self.record: StepRecord | None = None  # the sampled step's figures as they are taken
         self.events: list[Event] = []  # this step's events, for the checks
+        self.evaluated = False  # a forward with gradients off came this step
         self.own_cheap = 0.0  # time spent in the every-step hooks since the last step
 
     def event(self, kind: str, **data: Any) -> None:

@@ -6,7 +6,8 @@ SPIKE_Z deviations above the median, at least SPIKE_REL above it (late in a run 
 small and its noise tiny: a 5% wobble can be many deviations and is no event), and above the
 window's highest loss by SPIKE_SPAN times that loss's distance from the median (heavy-tailed
 noise: small batches, a loss near zero with rare hard batches, whose MAD says little of the
-tail). The level is refreshed every REFRESH losses, so the every-step cost is one comparison,
+tail), and by at least SPIKE_START of the loss's level over its first window (a converged loss of
+0.01 with one batch at 0.1 is measured noise on digits, not an event). The level is refreshed every REFRESH losses, so the every-step cost is one comparison,
 and at once after a spike (the recovery is judged against it). The probe's schedule uses the
 same level (`RobustLimit`) to take the spike step's gradients before its update, so the finding
 names the first layer, in forward order, whose gradient norm jumped with it: GRAD_JUMP times
@@ -35,6 +36,7 @@ SPIKE_Z = 10.0
 SPIKE_REL = 0.5
 SPIKE_SPAN = 2.0
 SPIKE_MIN = 10  # losses seen before anything is called a spike
+SPIKE_START = 0.1  # ... and at least this fraction of the loss's level at the start of the run above the median
 REFRESH = 8
 GRAD_JUMP = 4.0
 GRAD_BASE = 5
@@ -49,6 +51,7 @@ class RobustLimit:
         self.limit = math.inf
         self.median = math.nan
         self.deviation = math.nan
+        self.start = math.nan  # the median of the first SPIKE_WINDOW losses
 
     def exceeds(self, loss: float) -> bool:
         return loss > self.limit
@@ -64,11 +67,15 @@ class RobustLimit:
         if len(self.recent) >= SPIKE_MIN and (self.seen % REFRESH == 0 or spiked):
             ys = sorted(self.recent)
             med = ys[len(ys) // 2]
+            if self.seen <= SPIKE_WINDOW or math.isnan(self.start):
+                self.start = med
             dev = sorted(abs(y - med) for y in ys)
             self.median = med
             self.deviation = dev[len(dev) // 2] * 1.4826
             span = (1 + SPIKE_SPAN) * (ys[-1] - med)  # the highest, and SPIKE_SPAN times its distance
-            self.limit = med + max(SPIKE_Z * self.deviation, SPIKE_REL * abs(med), span, 1e-12)
+            # a converged run's loss of 0.01 with a batch at 0.1 is noise, not an event: the jump must
+            # also be a tenth of where the loss started
+            self.limit = med + max(SPIKE_Z * self.deviation, SPIKE_REL * abs(med), span, SPIKE_START * abs(self.start), 1e-12)
 
 
 class LossSpike(Check):
