@@ -189,7 +189,7 @@ pub trait Kernel: Element {
 macro_rules! generic_kernel {
     ($($t:ty),*) => {$( impl Kernel for $t {} )*};
 }
-generic_kernel!(f64, i8, i16, i32, i64, u8, u16, u32, u64, bool);
+generic_kernel!(f64, i8, i16, i32, i64, u8, u16, u32, u64, crate::dtype::Bool8);
 
 macro_rules! simd_kernel {
     ($t:ty, $block:ident, $hist:ident) => {

@@ -24,7 +24,7 @@ impl<'a> TensorView<'a> {
     /// # Safety
     /// For 'a, every element `ptr + sum(i_k * strides_elems[k]) * itemsize` with
     /// `0 <= i_k < shape[k]` must be readable memory holding a valid value of `dtype`
-    /// (any bit pattern is valid for every dtype but Bool, which is read as u8).
+    /// (any bit pattern is valid for every dtype: Bool is read as a byte, `!= 0`).
     pub unsafe fn from_raw(ptr: *const u8, dtype: DType, shape: Vec<usize>, strides_elems: Vec<isize>) -> Result<Self> {
         if shape.len() != strides_elems.len() {
             return Err(Error::Layout(format!(
