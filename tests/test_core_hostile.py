@@ -6,6 +6,7 @@ aborts, hangs, panics (``PanicException`` is a ``BaseException``) or returns a w
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,12 @@ import torch
 
 import nnprobe
 from nnprobe.errors import NnprobeError
+
+
+def quantized(x, dtype):
+    with warnings.catch_warnings():  # torch 2.10+ deprecates the quantized dtypes; they still exist
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(x, 0.1, 0, dtype)
 
 
 # --- the issue's reproducers -------------------------------------------------------------------
@@ -23,3 +30,26 @@ def test_bool_bytes_other_than_one_count_as_true():
     s = nnprobe.stats(a)
     assert s.mean == pytest.approx(2 / 3) and s.max == 1.0 and s.l2 == pytest.approx(math.sqrt(2))
     assert nnprobe.stats(torch.from_numpy(a)).mean == pytest.approx(2 / 3)
+
+
+def test_negative_bit_of_a_conjugate_view_is_resolved():
+    y = torch.tensor([1 + 2j, 3 + 4j]).conj().imag  # holds [-2, -4]; the memory holds [2, 4]
+    assert y.is_neg()
+    s = nnprobe.stats(y)
+    assert (s.mean, s.min, s.max) == (-3.0, -4.0, -2.0)
+    assert nnprobe.stats_many([y])[0].mean == -3.0
+    assert nnprobe._core.stats_array([y])[0][nnprobe.STATS_FIELDS.index("mean")] == -3.0
+    z = torch.arange(1.0, 5.0)._neg_view()
+    assert nnprobe.stats(z).mean == -2.5 and nnprobe.stats(z).max == -1.0
+
+
+def test_complex_conjugate_and_quantized_tensors_are_refused_with_the_fix():
+    from nnprobe.errors import DtypeError
+
+    with pytest.raises(DtypeError, match=r"x\.real"):
+        nnprobe.stats(torch.tensor([1 + 2j]).conj())  # not "could not be exported" from the conj bit
+    with pytest.raises(DtypeError, match="dequantize"):
+        nnprobe.stats(quantized(torch.zeros(3), torch.qint8))
+    if hasattr(torch, "uint4"):  # a shell dtype DLPack would hand over as plain bytes
+        with pytest.raises(DtypeError, match="uint8"):
+            nnprobe.stats(torch.zeros(3, dtype=torch.uint8).view(torch.uint4))

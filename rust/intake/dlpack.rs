@@ -90,6 +90,42 @@ fn dtype_of(dt: &DLDataType) -> Result<DType> {
     }
 }
 
+/// The dtypes of torch that DLPack exports as what they are, by torch's name for them.
+const TORCH_READABLE: [&str; 13] = [
+    "float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+    "uint64", "bool",
+];
+
+/// Refuses a torch tensor whose dtype the core would not read as what it means, before anything
+/// is exported: quantized tensors (their bytes are not their values), complex ones, float8 and
+/// float4, and the shell dtypes (`torch.uint4`, `torch.bits8`...) that DLPack would hand over as
+/// plain bytes. Other DLPack producers are judged by the DLPack type code alone.
+fn check_torch_dtype(obj: &Bound<'_, PyAny>) -> Result<()> {
+    let py = obj.py();
+    let Ok(dtype) = obj.getattr(intern!(py, "dtype")).and_then(|d| d.str()).map(|s| s.to_string()) else {
+        return Ok(());
+    };
+    let Some(name) = dtype.strip_prefix("torch.") else {
+        return Ok(());
+    };
+    if TORCH_READABLE.contains(&name) {
+        return Ok(());
+    }
+    let quantized = obj.getattr(intern!(py, "is_quantized")).and_then(|q| q.is_truthy()).unwrap_or(false);
+    Err(Error::Dtype(if quantized || name.starts_with("qint") || name.starts_with("quint") {
+        format!("quantized tensors ({dtype}) store codes, not values: pass x.dequantize() (or x.int_repr() for the stored integers)")
+    } else if name.starts_with("complex") {
+        format!("complex tensors ({dtype}) are not supported: pass x.real, x.imag or x.abs()")
+    } else if name.starts_with("float8") || name.starts_with("float4") {
+        format!("{dtype} is not supported: convert with x.float()")
+    } else {
+        format!(
+            "{dtype} is not supported (nnprobe reads float16, bfloat16, float32, float64, signed and unsigned \
+             integers and bool): convert with x.float(), or x.view(torch.uint8) for the raw bytes"
+        )
+    }))
+}
+
 fn describe(obj: &Bound<'_, PyAny>) -> String {
     let name = super::type_name(obj);
     let extra = ["dtype", "device", "layout"]
@@ -129,10 +165,35 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
             obj = d;
         }
     }
+    check_torch_dtype(&obj)?;
+    // torch's negative and conjugate bits are lazy: the memory holds x while the tensor means -x
+    // (`z.conj().imag`, `x._neg_view()`) or conj(x). DLPack hands over the memory as it is (torch
+    // exports a negative view without a word), so a view with either bit is resolved first: a
+    // copy, for such views only. Never a figure of the wrong sign.
+    for (flag, resolve) in [(intern!(py, "is_neg"), intern!(py, "resolve_neg")), (intern!(py, "is_conj"), intern!(py, "resolve_conj"))] {
+        let set = match obj.getattr(flag) {
+            Ok(f) => f.call0().and_then(|v| v.is_truthy()).map_err(|e| {
+                Error::Input(format!("{}.{flag}() failed ({e}); pass a plain tensor, e.g. x.clone()", describe(&obj)))
+            })?,
+            Err(_) => false, // not a torch tensor: no such bits
+        };
+        if set {
+            obj = obj.call_method0(resolve).map_err(|e| {
+                Error::Input(format!("{}.{resolve}() failed ({e}); pass x.clone() instead", describe(&obj)))
+            })?;
+        }
+    }
     let capsule = obj.call_method0(intern!(py, "__dlpack__")).map_err(|e| {
         let sparse = obj.getattr("is_sparse").and_then(|v| v.is_truthy()).unwrap_or(false)
             || obj.getattr("layout").and_then(|v| v.str()).map(|s| s.to_string() != "torch.strided").unwrap_or(false);
-        let hint = if sparse { "sparse tensors have no strided data: pass x.to_dense()" } else { "pass x.detach().cpu().contiguous()" };
+        let nested = obj.getattr("is_nested").and_then(|v| v.is_truthy()).unwrap_or(false);
+        let hint = if nested {
+            "nested tensors have no single strided buffer: pass the tensors of x.unbind() to stats_many"
+        } else if sparse {
+            "sparse tensors have no strided data: pass x.to_dense()"
+        } else {
+            "pass x.detach().cpu().contiguous()"
+        };
         Error::Input(format!("{} could not be exported through DLPack ({e}); {hint}", describe(&obj)))
     })?;
     // SAFETY: capsule is a live object; PyCapsule_GetName returns its name or null.
