@@ -6,6 +6,12 @@
 //! Sums are kept in f64 relative to the block's first value and blocks are combined with Chan's
 //! parallel update, so the mean and std stay accurate (about 1e-13 relative on float32 input)
 //! even when the mean is far larger than the spread, and float32 values near 3e38 cannot overflow.
+//!
+//! float64 values beyond 2^450 (about 3e135) would square past the float64 range. The sum of
+//! squared deviations is therefore kept in units of a power of two, `m2 · 4^m2_exp`, and a block
+//! whose sums overflowed is redone in units of 2^e (exact scalings): the std and l2 of values up
+//! to 1.8e308 come out finite and correct, like LAPACK's dnrm2. The exponent stays 0, and every
+//! scaling is skipped, unless such values appear; the |x| figure is kept as a running mean.
 
 use crate::dtype::{Element, BF16, F16};
 use crate::pool;
@@ -53,12 +59,53 @@ pub struct Stats {
     pub zeros: u64,
     pub finite: u64,
     pub mean: f64,
-    /// Sum of squared deviations from the mean (finite values).
+    /// Sum of squared deviations from the mean (finite values), in units of `4^m2_exp`.
     pub m2: f64,
-    pub abs_sum: f64,
+    /// 0 unless finite values beyond 2^BIG_EXP were seen; then at least `big_exp(absmax)`, so
+    /// that `m2` stays below 2^968 for up to 2^64 values.
+    pub m2_exp: i32,
+    /// Mean of |x| over the finite values.
+    pub absmean: f64,
     pub min: f64,
     pub max: f64,
     pub hist: Option<Vec<u64>>,
+}
+
+/// Magnitudes up to 2^BIG_EXP are summed unscaled: their squares (below 2^902) summed over 2^64
+/// values cannot overflow.
+const BIG_EXP: i32 = 450;
+
+/// The power of two that brings `x` (finite) below 2^(BIG_EXP + 1): 0 for every ordinary value.
+#[inline(always)]
+fn big_exp(x: f64) -> i32 {
+    let e = ((x.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    (e - BIG_EXP).max(0)
+}
+
+/// `x · 2^e`, exact unless the result leaves the normal range (C's `ldexp`).
+#[inline(always)]
+fn scale(x: f64, e: i32) -> f64 {
+    if e == 0 {
+        return x;
+    }
+    let pow2 = |k: i32| f64::from_bits(((k + 1023) as u64) << 52); // 2^k for -1022 <= k <= 1023
+    let mut x = x;
+    let mut e = e.clamp(-2200, 2200);
+    while e > 1023 {
+        x *= pow2(1023);
+        e -= 1023;
+    }
+    while e < -1022 {
+        x *= pow2(-1022);
+        e += 1022;
+    }
+    x * pow2(e)
+}
+
+/// A sum of squares that rounding left a hair below zero is zero; a NaN stays NaN.
+#[inline(always)]
+fn non_negative(m2: f64) -> f64 {
+    if m2 < 0.0 { 0.0 } else { m2 }
 }
 
 /// The figures a user reads; all but the counts are over finite values only.
@@ -87,35 +134,51 @@ impl Stats {
             finite: 0,
             mean: 0.0,
             m2: 0.0,
-            abs_sum: 0.0,
+            m2_exp: 0,
+            absmean: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             hist: hist.then(|| vec![0; HIST_BINS]),
         }
     }
 
-    fn add_moments(&mut self, n: u64, mean: f64, m2: f64) {
+    /// Adds `n` finite values of mean `mean`, sum of squared deviations `m2 · 4^m2_exp` and mean
+    /// magnitude `absmean` (Chan et al.'s pairwise update, with the difference of the means taken
+    /// in units of 2^e when they are beyond 2^BIG_EXP).
+    fn add_moments(&mut self, n: u64, mean: f64, m2: f64, m2_exp: i32, absmean: f64) {
         if n == 0 {
             return;
         }
-        let total = self.finite + n;
-        let delta = mean - self.mean;
+        if self.finite == 0 {
+            (self.finite, self.mean, self.m2, self.m2_exp, self.absmean) = (n, mean, m2, m2_exp, absmean);
+            return;
+        }
+        let total = self.finite.saturating_add(n);
         let (na, nb, nt) = (self.finite as f64, n as f64, total as f64);
-        self.mean += delta * (nb / nt);
-        self.m2 += m2 + delta * delta * (na * nb / nt);
+        let wb = nb / nt;
+        let ed = big_exp(self.mean.abs().max(mean.abs()));
+        let delta = scale(mean, -ed) - scale(self.mean, -ed);
+        self.mean = scale(scale(self.mean, -ed) + delta * wb, ed);
+        let k = self.m2_exp.max(m2_exp).max(ed);
+        let d = scale(delta, ed - k);
+        self.m2 = scale(self.m2, 2 * (self.m2_exp - k)) + scale(m2, 2 * (m2_exp - k)) + d * d * (na * wb);
+        self.m2_exp = k;
+        self.absmean += (absmean - self.absmean) * wb;
         self.finite = total;
     }
 
     pub fn add_block(&mut self, b: &BlockSums) {
         self.count += b.n;
         self.zeros += b.zeros;
-        self.abs_sum += b.abs_sum;
         self.min = self.min.min(b.min);
         self.max = self.max.max(b.max);
         if b.n > 0 {
             let n = b.n as f64;
             let d = b.sum / n;
-            self.add_moments(b.n, b.shift + d, (b.sumsq - b.sum * d).max(0.0));
+            // finite sums of values beyond 2^BIG_EXP: keep the invariant on m2_exp (exact scaling)
+            let e = big_exp(b.min.abs().max(b.max.abs()));
+            let m2 = scale(non_negative(b.sumsq - b.sum * d), -2 * e);
+            self.add_moments(b.n, b.shift + d, m2, e, b.abs_sum / n);
         }
     }
 
@@ -125,26 +188,25 @@ impl Stats {
         self.nan += other.nan;
         self.inf += other.inf;
         self.zeros += other.zeros;
-        self.abs_sum += other.abs_sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        self.add_moments(other.finite, other.mean, other.m2);
+        self.add_moments(other.finite, other.mean, other.m2, other.m2_exp, other.absmean);
         if let (Some(a), Some(b)) = (self.hist.as_mut(), other.hist.as_ref()) {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         }
         self
     }
 
-    /// The statistics of every element repeated `k` times (stride-0 axes).
+    /// The statistics of every element repeated `k` times (stride-0 axes). The counts cannot
+    /// overflow (a view's element count fits in a u64, checked at intake); they saturate if not.
     pub fn repeated(mut self, k: u64) -> Stats {
         if k != 1 {
             for c in [&mut self.count, &mut self.nan, &mut self.inf, &mut self.zeros, &mut self.finite] {
-                *c *= k;
+                *c = c.saturating_mul(k);
             }
             self.m2 *= k as f64;
-            self.abs_sum *= k as f64;
             if let Some(h) = self.hist.as_mut() {
-                h.iter_mut().for_each(|c| *c *= k);
+                h.iter_mut().for_each(|c| *c = c.saturating_mul(k));
             }
         }
         self
@@ -154,6 +216,10 @@ impl Stats {
         let n = self.finite as f64;
         let any = self.finite > 0;
         let nan_unless = |v: f64| if any { v } else { f64::NAN };
+        // l2^2 = m2 + n mean^2, in units of 4^e so that neither term overflows
+        let e = self.m2_exp.max(big_exp(self.mean.abs()));
+        let m = scale(self.mean, -e);
+        let l2 = scale((scale(self.m2, 2 * (self.m2_exp - e)) + n * m * m).sqrt(), e);
         Summary {
             count: self.count,
             nan: self.nan,
@@ -162,10 +228,10 @@ impl Stats {
             min: nan_unless(self.min),
             max: nan_unless(self.max),
             mean: nan_unless(self.mean),
-            std: nan_unless((self.m2 / n).sqrt()),
-            l2: if any { (self.m2 + n * self.mean * self.mean).sqrt() } else { 0.0 },
+            std: nan_unless(scale((self.m2 / n).sqrt(), self.m2_exp)),
+            l2: if any { l2 } else { 0.0 },
             absmax: nan_unless(self.min.abs().max(self.max.abs())),
-            absmean: nan_unless(self.abs_sum / n),
+            absmean: nan_unless(self.absmean),
         }
     }
 }
@@ -277,40 +343,40 @@ fn block_fast_generic<T: Element>(xs: &[T]) -> BlockSums {
     }
 }
 
-/// The slow path for a block holding NaN or Inf: classify every value.
-fn add_careful<T: Element>(st: &mut Stats, xs: &[T]) {
-    let Some(shift) = xs.iter().map(|x| x.to_f64()).find(|v| v.is_finite()) else {
-        for x in xs {
-            if x.to_f64().is_nan() {
-                st.nan += 1;
-            } else {
-                st.inf += 1;
-            }
-            st.count += 1;
-        }
-        return;
-    };
-    let mut b = BlockSums { n: 0, shift, sum: 0.0, sumsq: 0.0, abs_sum: 0.0, min: shift, max: shift, zeros: 0 };
-    for x in xs {
-        let v = x.to_f64();
+/// The slow path for a block whose fast sums were not finite (it holds NaN or Inf, or float64
+/// values whose squares overflow): classify every value, and sum the finite ones in units of 2^e
+/// chosen from their largest magnitude. Each value stands `w` times (1, or its multiplicity in an
+/// overlapping view).
+fn add_careful(st: &mut Stats, xs: impl Iterator<Item = (f64, u64)> + Clone) {
+    let (mut shift, mut big) = (None, 0f64);
+    for (v, w) in xs.clone() {
+        st.count = st.count.saturating_add(w);
         if v.is_nan() {
-            st.nan += 1;
-            st.count += 1;
+            st.nan = st.nan.saturating_add(w);
         } else if v.is_infinite() {
-            st.inf += 1;
-            st.count += 1;
+            st.inf = st.inf.saturating_add(w);
         } else {
-            let d = v - shift;
-            b.n += 1;
-            b.sum += d;
-            b.sumsq += d * d;
-            b.abs_sum += v.abs();
-            b.min = b.min.min(v);
-            b.max = b.max.max(v);
-            b.zeros += (v == 0.0) as u64;
+            shift.get_or_insert(v);
+            big = big.max(v.abs());
         }
     }
-    st.add_block(&b);
+    let Some(shift) = shift else { return };
+    let e = big_exp(big);
+    let sh = scale(shift, -e);
+    let (mut n, mut sum, mut sumsq, mut abs) = (0u64, 0f64, 0f64, 0f64);
+    for (v, w) in xs.filter(|(v, _)| v.is_finite()) {
+        let vs = scale(v, -e);
+        let (d, wf) = (vs - sh, w as f64);
+        n = n.saturating_add(w);
+        sum += wf * d;
+        sumsq += wf * d * d;
+        abs += wf * vs.abs();
+        st.min = st.min.min(v);
+        st.max = st.max.max(v);
+        st.zeros = st.zeros.saturating_add(w * (v == 0.0) as u64);
+    }
+    let (nf, dm) = (n as f64, sum / n as f64);
+    st.add_moments(n, scale(sh + dm, e), non_negative(sumsq - sum * dm), e, scale(abs / nf, e));
 }
 
 /// The histogram bin of a value, read from the exponent of its f64 form (exact for every float).
@@ -348,7 +414,7 @@ fn stats_range<T: Kernel>(view: &TensorView, start: usize, end: usize, hist: boo
     let mut feed = |st: &mut Stats, xs: &[T]| {
         let b = if st.hist.is_some() { T::block_fast_hist(xs, &mut scratch) } else { T::block_fast(xs) };
         if !b.is_finite() {
-            add_careful(st, xs);
+            add_careful(st, xs.iter().map(|x| (x.to_f64(), 1)));
         } else if cancels(&b) {
             st.add_block(&block_fast_generic(xs)); // shifted by the first value
         } else {
@@ -522,6 +588,45 @@ mod tests {
         let s = stats(&TensorView::from_contiguous(&xs), false).summary();
         assert!(close(s.l2, 3.0e38f32 as f64 * 64.0, 1e-12), "{}", s.l2);
         assert_eq!(s.inf, 0);
+    }
+
+    #[test]
+    fn float64_near_overflow_keeps_std_and_l2() {
+        let s = stats(&TensorView::from_contiguous(&[2e154, -2e154]), false).summary();
+        assert!(close(s.std, 2e154, 1e-15) && close(s.l2, 2e154 * 2f64.sqrt(), 1e-15), "{s:?}");
+        let s = stats(&TensorView::from_contiguous(&[1e155, 1e155]), false).summary();
+        assert!(s.std == 0.0 && close(s.l2, 1e155 * 2f64.sqrt(), 1e-15) && s.mean == 1e155, "{s:?}");
+        // alternating signs (an even count: the mean is 0): zero block means, so only the
+        // blocks' own m2 carries the scale; across tasks too
+        for big in [1e150, 1e300, 1.7e308] {
+            let xs: Vec<f64> = (0..TASK + 5000).map(|i| if i % 2 == 0 { big } else { -big }).collect();
+            let s = stats(&TensorView::from_contiguous(&xs), false).summary();
+            let n = xs.len() as f64;
+            assert!(close(s.std, big, 1e-12) && close(s.absmean, big, 1e-12), "{big}: {s:?}");
+            assert!(s.mean.abs() <= big * 1e-12);
+            // the l2 of 1.7e308 a million times is beyond the float64 range: Inf, never NaN
+            let l2 = big * n.sqrt();
+            assert!(if l2.is_finite() { close(s.l2, l2, 1e-12) } else { s.l2 == f64::INFINITY }, "{big}: {s:?}");
+        }
+        // huge and ordinary values together, with a NaN in the block
+        let xs = [1e300, -3.0, f64::NAN, 5.0, -1e300, 1e-300];
+        let s = stats(&TensorView::from_contiguous(&xs), false).summary();
+        assert_eq!((s.count, s.nan, s.min, s.max), (6, 1, -1e300, 1e300));
+        assert!(close(s.std, 1e300 * (2.0f64 / 5.0).sqrt(), 1e-15) && close(s.l2, 1e300 * 2f64.sqrt(), 1e-15), "{s:?}");
+        // the true l2 of two values of 1.7e308 is beyond the float64 range: Inf, not NaN
+        let s = stats(&TensorView::from_contiguous(&[1.7e308, 1.7e308]), false).summary();
+        assert!(s.l2.is_infinite() && s.std == 0.0 && s.mean == 1.7e308, "{s:?}");
+    }
+
+    #[test]
+    fn scale_is_ldexp() {
+        assert_eq!(scale(3.0, 0), 3.0);
+        assert_eq!(scale(3.0, 1000), 3.0 * 2f64.powi(1000));
+        assert_eq!(scale(1.5, -1074), 2f64.powi(-1073)); // one rounding: 1.5 ulp ties to even
+        assert_eq!(scale(f64::MAX, -2000 + 1023), f64::MAX * 2f64.powi(-1000) * 2f64.powi(-1000) * 2f64.powi(1023));
+        assert_eq!(scale(2f64.powi(-1070), 2000), 2f64.powi(930));
+        assert_eq!(big_exp(1.0), 0);
+        assert_eq!(big_exp(2f64.powi(460)), 10);
     }
 
     #[test]

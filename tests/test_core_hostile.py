@@ -53,3 +53,17 @@ def test_complex_conjugate_and_quantized_tensors_are_refused_with_the_fix():
     if hasattr(torch, "uint4"):  # a shell dtype DLPack would hand over as plain bytes
         with pytest.raises(DtypeError, match="uint8"):
             nnprobe.stats(torch.zeros(3, dtype=torch.uint8).view(torch.uint4))
+
+
+def test_float64_near_overflow_gives_finite_correct_std_and_l2():
+    s = nnprobe.stats(np.array([2e154, -2e154]))
+    assert s.std == pytest.approx(2e154, rel=1e-15) and s.l2 == pytest.approx(2e154 * math.sqrt(2), rel=1e-15)
+    s = nnprobe.stats(np.array([1e155, 1e155]))
+    assert s.std == 0.0 and s.mean == 1e155 and s.l2 == pytest.approx(1e155 * math.sqrt(2), rel=1e-15)
+    # the largest finite values, in blocks and tasks of alternating signs (every block mean is 0)
+    a = np.tile([1.7e308, -1.7e308], 600_000)
+    s = nnprobe.stats(a)
+    assert s.std == pytest.approx(1.7e308, rel=1e-12) and s.absmean == pytest.approx(1.7e308, rel=1e-12)
+    assert s.l2 == math.inf  # the true l2 (1.9e311) is beyond float64: Inf, not NaN and not 0
+    s = nnprobe.stats(np.array([1e300, -3.0, np.nan, 5.0, -1e300, 1e-300]))
+    assert s.std == pytest.approx(1e300 * math.sqrt(2 / 5), rel=1e-15) and s.nan == 1
