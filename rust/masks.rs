@@ -129,12 +129,13 @@ pub fn group_passes(n_out: usize) -> usize {
 }
 
 /// Which outputs each group pass weights: row-major [passes, n_out].
-pub fn group_codes(n_out: usize) -> Vec<bool> {
+pub fn group_codes(n_out: usize) -> Result<Vec<bool>> {
     let passes = group_passes(n_out);
-    let mut out = vec![false; passes * n_out];
+    let len = passes.checked_mul(n_out).ok_or_else(|| Error::Layout(format!("{n_out} outputs are too many")))?;
+    let mut out = crate::error::filled_vec(len, false, "the group codes")?;
     if bits_for(n_out) == 0 {
         out.iter_mut().for_each(|v| *v = true);
-        return out;
+        return Ok(out);
     }
     for p in 0..passes {
         let (bit, want) = (p / 2, p % 2 == 0);
@@ -142,7 +143,7 @@ pub fn group_codes(n_out: usize) -> Vec<bool> {
             out[p * n_out + i] = ((i >> bit) & 1 == 1) == want;
         }
     }
-    out
+    Ok(out)
 }
 
 /// What `group_decode` recovers.
@@ -165,7 +166,8 @@ pub fn group_decode(hits: &[bool], n_out: usize, n_in: usize) -> Result<Decoded>
         )));
     }
     let bits = bits_for(n_out);
-    let mut mask = vec![false; n_out * n_in];
+    let cells = n_out.checked_mul(n_in).ok_or_else(|| Error::Layout(format!("a mask of [{n_out}, {n_in}] is too large")))?;
+    let mut mask = crate::error::filled_vec(cells, false, "the dependency mask")?;
     let mut ambiguous = vec![false; n_in];
     for j in 0..n_in {
         if bits == 0 {
@@ -339,9 +341,17 @@ mod tests {
         assert_eq!(group_passes(2), 2);
     }
 
+    #[test]
+    fn impossible_sizes_are_errors_not_aborts() {
+        assert!(group_codes(usize::MAX / 2).is_err());
+        assert!(group_codes(1 << 50).is_err());
+        let hits = vec![false; group_passes(1 << 50) * 4];
+        assert!(group_decode(&hits, 1 << 50, 4).is_err());
+    }
+
     /// The hits the group passes would see for a given true mask (row-major [n_out, n_in]).
     fn simulate(mask: &[bool], n_out: usize, n_in: usize) -> Vec<bool> {
-        let codes = group_codes(n_out);
+        let codes = group_codes(n_out).unwrap();
         let passes = group_passes(n_out);
         let mut hits = vec![false; passes * n_in];
         for p in 0..passes {

@@ -14,6 +14,7 @@
 //! scaling is skipped, unless such values appear; the |x| figure is kept as a running mean.
 
 use crate::dtype::{Element, BF16, F16};
+use crate::error::Result;
 use crate::pool;
 use crate::view::TensorView;
 use crate::with_dtype;
@@ -467,13 +468,13 @@ fn stats_typed<T: Kernel>(view: &TensorView, hist: bool) -> Stats {
 }
 
 /// Statistics of every element of `view` (one pass; parallel above `TASK` elements).
-pub fn stats(view: &TensorView, hist: bool) -> Stats {
-    with_dtype!(view.dtype, T => stats_typed::<T>(view, hist))
+pub fn stats(view: &TensorView, hist: bool) -> Result<Stats> {
+    Ok(with_dtype!(view.dtype, T => stats_typed::<T>(view, hist)))
 }
 
 /// Statistics of many tensors, in parallel across them (and within the big ones).
-pub fn stats_many(views: &[TensorView], hist: bool) -> Vec<Stats> {
-    pool::map_collect(views.len(), |i| stats(&views[i], hist))
+pub fn stats_many(views: &[TensorView], hist: bool) -> Result<Vec<Stats>> {
+    pool::map_collect(views.len(), |i| stats(&views[i], hist)).into_iter().collect()
 }
 
 /// The sum of a float32 buffer with nothing else: the read-bandwidth floor for the benchmarks.
@@ -544,7 +545,7 @@ mod tests {
     fn float32_matches_float64_reference_across_blocks_and_tasks() {
         for n in [1, 7, 8, 63, 64, 2047, 2048, 2049, 10_000, TASK + 123] {
             let xs = noise(n, n as u64);
-            let got = stats(&TensorView::from_contiguous(&xs), false).summary();
+            let got = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
             assert_matches(got, reference(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>()));
         }
     }
@@ -556,7 +557,7 @@ mod tests {
         xs[2100] = f32::INFINITY;
         xs[4999] = f32::NEG_INFINITY;
         xs[0] = 0.0;
-        let got = stats(&TensorView::from_contiguous(&xs), false).summary();
+        let got = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
         assert_matches(got, reference(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>()));
         assert_eq!((got.nan, got.inf), (1, 2));
     }
@@ -564,12 +565,12 @@ mod tests {
     #[test]
     fn all_nan_and_empty_give_nan_figures_without_panicking() {
         let xs = [f32::NAN; 100];
-        let s = stats(&TensorView::from_contiguous(&xs), true).summary();
+        let s = stats(&TensorView::from_contiguous(&xs), true).unwrap().summary();
         assert_eq!((s.count, s.nan), (100, 100));
         assert!(s.mean.is_nan() && s.min.is_nan());
         assert_eq!(s.l2, 0.0);
         let empty: [f32; 0] = [];
-        let e = stats(&TensorView::from_contiguous(&empty), true).summary();
+        let e = stats(&TensorView::from_contiguous(&empty), true).unwrap().summary();
         assert_eq!(e.count, 0);
         assert!(e.std.is_nan());
     }
@@ -577,7 +578,7 @@ mod tests {
     #[test]
     fn large_mean_small_spread_keeps_the_std() {
         let xs: Vec<f32> = noise(100_000, 9).iter().map(|x| 1.0e4 + x * 1e-2).collect();
-        let got = stats(&TensorView::from_contiguous(&xs), false).summary();
+        let got = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
         let want = reference(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>());
         assert!(close(got.std, want.std, 1e-9), "{} vs {}", got.std, want.std);
     }
@@ -585,22 +586,22 @@ mod tests {
     #[test]
     fn values_near_float32_max_do_not_overflow() {
         let xs = vec![3.0e38f32; 4096];
-        let s = stats(&TensorView::from_contiguous(&xs), false).summary();
+        let s = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
         assert!(close(s.l2, 3.0e38f32 as f64 * 64.0, 1e-12), "{}", s.l2);
         assert_eq!(s.inf, 0);
     }
 
     #[test]
     fn float64_near_overflow_keeps_std_and_l2() {
-        let s = stats(&TensorView::from_contiguous(&[2e154, -2e154]), false).summary();
+        let s = stats(&TensorView::from_contiguous(&[2e154, -2e154]), false).unwrap().summary();
         assert!(close(s.std, 2e154, 1e-15) && close(s.l2, 2e154 * 2f64.sqrt(), 1e-15), "{s:?}");
-        let s = stats(&TensorView::from_contiguous(&[1e155, 1e155]), false).summary();
+        let s = stats(&TensorView::from_contiguous(&[1e155, 1e155]), false).unwrap().summary();
         assert!(s.std == 0.0 && close(s.l2, 1e155 * 2f64.sqrt(), 1e-15) && s.mean == 1e155, "{s:?}");
         // alternating signs (an even count: the mean is 0): zero block means, so only the
         // blocks' own m2 carries the scale; across tasks too
         for big in [1e150, 1e300, 1.7e308] {
             let xs: Vec<f64> = (0..TASK + 5000).map(|i| if i % 2 == 0 { big } else { -big }).collect();
-            let s = stats(&TensorView::from_contiguous(&xs), false).summary();
+            let s = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
             let n = xs.len() as f64;
             assert!(close(s.std, big, 1e-12) && close(s.absmean, big, 1e-12), "{big}: {s:?}");
             assert!(s.mean.abs() <= big * 1e-12);
@@ -610,11 +611,11 @@ mod tests {
         }
         // huge and ordinary values together, with a NaN in the block
         let xs = [1e300, -3.0, f64::NAN, 5.0, -1e300, 1e-300];
-        let s = stats(&TensorView::from_contiguous(&xs), false).summary();
+        let s = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
         assert_eq!((s.count, s.nan, s.min, s.max), (6, 1, -1e300, 1e300));
         assert!(close(s.std, 1e300 * (2.0f64 / 5.0).sqrt(), 1e-15) && close(s.l2, 1e300 * 2f64.sqrt(), 1e-15), "{s:?}");
         // the true l2 of two values of 1.7e308 is beyond the float64 range: Inf, not NaN
-        let s = stats(&TensorView::from_contiguous(&[1.7e308, 1.7e308]), false).summary();
+        let s = stats(&TensorView::from_contiguous(&[1.7e308, 1.7e308]), false).unwrap().summary();
         assert!(s.l2.is_infinite() && s.std == 0.0 && s.mean == 1.7e308, "{s:?}");
     }
 
@@ -640,7 +641,7 @@ mod tests {
                 vals.push(xs[(54 - 6 * r + 2 * c) as usize] as f64);
             }
         }
-        assert_matches(stats(&v, false).summary(), reference(&vals));
+        assert_matches(stats(&v, false).unwrap().summary(), reference(&vals));
     }
 
     #[test]
@@ -648,23 +649,23 @@ mod tests {
         let xs = [1.0f32, 2.0, 4.0];
         let v = TensorView::from_slice(&xs, &[5, 3], &[0, 1], 0).unwrap();
         let vals: Vec<f64> = (0..5).flat_map(|_| xs.iter().map(|&x| x as f64)).collect();
-        assert_matches(stats(&v, false).summary(), reference(&vals));
+        assert_matches(stats(&v, false).unwrap().summary(), reference(&vals));
     }
 
     #[test]
     fn integer_and_bfloat16_inputs() {
         let ints: Vec<i64> = (-500..500).collect();
-        let s = stats(&TensorView::from_contiguous(&ints), false).summary();
+        let s = stats(&TensorView::from_contiguous(&ints), false).unwrap().summary();
         assert_matches(s, reference(&ints.iter().map(|&x| x as f64).collect::<Vec<_>>()));
         let bf: Vec<BF16> = noise(3000, 11).iter().map(|&x| BF16::from_f32(x)).collect();
-        let s = stats(&TensorView::from_contiguous(&bf), false).summary();
+        let s = stats(&TensorView::from_contiguous(&bf), false).unwrap().summary();
         assert_matches(s, reference(&bf.iter().map(|x| x.to_f32() as f64).collect::<Vec<_>>()));
     }
 
     #[test]
     fn histogram_counts_log2_bins() {
         let xs = [0.0f32, 1.0, 1.5, 2.0, -0.25, 1e-30, 1e30, f32::NAN, f32::INFINITY];
-        let s = stats(&TensorView::from_contiguous(&xs), true);
+        let s = stats(&TensorView::from_contiguous(&xs), true).unwrap();
         let h = s.hist.unwrap();
         let bin = |e: i32| (e - HIST_LO) as usize;
         assert_eq!(h[bin(0)], 2); // 1.0, 1.5
@@ -731,9 +732,9 @@ mod tests {
     #[test]
     fn merge_is_the_same_as_one_pass() {
         let xs = noise(9000, 17);
-        let whole = stats(&TensorView::from_contiguous(&xs), true);
-        let a = stats(&TensorView::from_contiguous(&xs[..3000]), true);
-        let b = stats(&TensorView::from_contiguous(&xs[3000..]), true);
+        let whole = stats(&TensorView::from_contiguous(&xs), true).unwrap();
+        let a = stats(&TensorView::from_contiguous(&xs[..3000]), true).unwrap();
+        let b = stats(&TensorView::from_contiguous(&xs[3000..]), true).unwrap();
         let m = a.merge(b);
         assert_eq!(m.hist, whole.hist);
         assert!(close(m.summary().std, whole.summary().std, 1e-12));

@@ -6,6 +6,8 @@ aborts, hangs, panics (``PanicException`` is a ``BaseException``) or returns a w
 """
 
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 import nnprobe
-from nnprobe.errors import NnprobeError
+from nnprobe.errors import DtypeError, InputError, LayoutError, NnprobeError
 
 
 def quantized(x, dtype):
@@ -44,8 +46,6 @@ def test_negative_bit_of_a_conjugate_view_is_resolved():
 
 
 def test_complex_conjugate_and_quantized_tensors_are_refused_with_the_fix():
-    from nnprobe.errors import DtypeError
-
     with pytest.raises(DtypeError, match=r"x\.real"):
         nnprobe.stats(torch.tensor([1 + 2j]).conj())  # not "could not be exported" from the conj bit
     with pytest.raises(DtypeError, match="dequantize"):
@@ -67,3 +67,69 @@ def test_float64_near_overflow_gives_finite_correct_std_and_l2():
     assert s.l2 == math.inf  # the true l2 (1.9e311) is beyond float64: Inf, not NaN and not 0
     s = nnprobe.stats(np.array([1e300, -3.0, np.nan, 5.0, -1e300, 1e-300]))
     assert s.std == pytest.approx(1e300 * math.sqrt(2 / 5), rel=1e-15) and s.nan == 1
+
+
+def run_isolated(code: str, timeout: float = 120) -> str:
+    """Runs `code` in a fresh interpreter: an abort (a failed 77 GB allocation) or a hang would
+    otherwise take the test session down with it. Returns its stdout; fails on any other exit."""
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    return r.stdout
+
+
+def test_layout_of_a_huge_unfold_is_decided_without_listing_offsets():
+    out = run_isolated(
+        "import torch, nnprobe\n"
+        "lay = nnprobe.layout(torch.zeros(131072).unfold(0, 65536, 1))\n"
+        "print(lay.overlap, lay.overlapping, 'share memory' in lay.explain(), lay.footprint_bytes)\n"
+    )
+    assert out.split() == ["yes", "True", "True", str(131072 * 4)]
+
+
+def test_layout_of_an_enormous_as_strided_view_does_not_panic():
+    x = torch.zeros(6200).as_strided((1024,) * 6, (1,) * 6)
+    lay = nnprobe.layout(x)  # PanicException ("Hash table capacity overflow") before
+    assert lay.overlap == "yes" and lay.overlapping and not lay.dense
+    assert "share memory" in lay.explain()
+
+
+def test_undecided_overlap_is_said_not_guessed():
+    lay = nnprobe.Layout([512, 512, 512], [(1 << 20) + 7, (1 << 21) + 3, (1 << 29) + 1], 4)
+    assert lay.overlap == "maybe" and lay.overlapping  # erring on the safe side
+    assert "may overlap" in lay.explain()
+
+
+def test_layout_sizes_are_checked_not_wrapped():
+    assert nnprobe.Layout([2**61], [1], 16).footprint_bytes == 2**65  # wrapped to 0 before
+    assert str(2**65) in nnprobe.Layout([2**61], [1], 16).explain()
+    for shape, strides, itemsize in [([2**64], [1], 1), ([-1], [1], 4), ([2**62, 4], [1, 1], 1), ([3], [2**63], 4), ([3], [1], 0)]:
+        with pytest.raises(LayoutError):
+            nnprobe.Layout(shape, strides, itemsize)
+    with pytest.raises(LayoutError, match="integers"):
+        nnprobe.Layout("ab", [1], 4)
+    with pytest.raises(LayoutError):
+        nnprobe.layout(torch.zeros(0, 2)).view_strides((0, 2**40, 2**40))  # strides past int64
+    with pytest.raises(LayoutError):
+        nnprobe.layout(torch.zeros(4)).can_view([2**70])
+    with pytest.raises(LayoutError):
+        nnprobe.reshape_groups([-1], [1])
+
+
+def test_layout_of_odd_objects_is_a_clean_error_or_a_layout():
+    lay = nnprobe.layout(memoryview(b"abc"))  # AttributeError before
+    assert (lay.shape, lay.strides, lay.dtype, lay.c_contiguous) == ([3], [1], "uint8", True)
+    with pytest.raises(DtypeError, match="at least one field"):
+        nnprobe.layout(np.zeros(3, dtype=[]))  # ZeroDivisionError before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that nested tensors are a prototype
+        nested = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+    with pytest.raises(LayoutError, match="unbind"):
+        nnprobe.layout(nested)  # RuntimeError before
+    m = memoryview(b"ab")
+    m.release()
+    with pytest.raises(InputError, match="live"):
+        nnprobe.layout(m)
+    with pytest.raises(InputError, match="unbind"):
+        nnprobe.stats(nested)
+    with pytest.raises(InputError, match="sequence"):
+        nnprobe.stats_many(3)
