@@ -14,9 +14,9 @@
 //! scaling is skipped, unless such values appear; the |x| figure is kept as a running mean.
 
 use crate::dtype::{Element, BF16, F16};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pool;
-use crate::view::TensorView;
+use crate::view::{TensorView, Walk};
 use crate::with_dtype;
 
 pub const BLOCK: usize = 2048;
@@ -456,20 +456,163 @@ fn stats_range<T: Kernel>(view: &TensorView, start: usize, end: usize, hist: boo
     st
 }
 
-fn stats_typed<T: Kernel>(view: &TensorView, hist: bool) -> Stats {
+fn stats_typed<T: Kernel>(view: &TensorView, hist: bool) -> Result<Stats> {
     let walk = view.walk();
+    if let Some(plan) = Revisits::plan(&walk)? {
+        let st = match plan.width {
+            1 => by_multiplicity::<T, u8>(view, &walk, &plan, hist),
+            2 => by_multiplicity::<T, u16>(view, &walk, &plan, hist),
+            4 => by_multiplicity::<T, u32>(view, &walk, &plan, hist),
+            _ => by_multiplicity::<T, u64>(view, &walk, &plan, hist),
+        }?;
+        return Ok(st.repeated(walk.repeat));
+    }
     let tasks = walk.len.div_ceil(TASK);
     let st = pool::map_reduce(
         tasks,
         |t| stats_range::<T>(view, t * TASK, ((t + 1) * TASK).min(walk.len), hist),
         Stats::merge,
     );
-    st.unwrap_or_else(|| Stats::new(hist)).repeated(walk.repeat)
+    Ok(st.unwrap_or_else(|| Stats::new(hist)).repeated(walk.repeat))
+}
+
+/// The multiplicity array of an overlapping view may take this many bytes (it is the view's span
+/// of distinct offsets times 1 to 8 bytes).
+const MULT_MAX_BYTES: usize = 1 << 28;
+/// An overlapping view whose multiplicities do not fit is walked position by position up to this
+/// many positions (seconds of reading); past it, `stats` refuses it rather than hang.
+pub const WALK_MAX: usize = 1 << 34;
+
+/// How an overlapping view (from `as_strided` or `unfold`: its positions revisit memory) is read:
+/// each distinct offset once, with the number of positions that reach it. Stride-0 axes are
+/// already out of the walk (`Walk::repeat`); this covers the axes whose strides interleave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Revisits {
+    /// The gcd of the walk's strides: every offset reached is `base + gcd * k`.
+    gcd: usize,
+    /// Offsets `k` the multiplicities cover: 0..span.
+    span: usize,
+    /// Bytes per multiplicity: enough for the largest one (1, 2, 4 or 8).
+    width: usize,
+}
+
+impl Revisits {
+    /// None: walk it position by position (fewer than twice as many positions as offsets).
+    fn plan(walk: &Walk) -> Result<Option<Revisits>> {
+        if walk.dims.len() < 2 {
+            return Ok(None); // one axis of stride > 0 never revisits
+        }
+        let gcd = walk.dims.iter().fold(0usize, |g, &(_, s)| gcd(g, s as usize));
+        // the walk's extent was checked when the view was built: (n - 1) * s sums within isize
+        let span = walk.dims.iter().map(|&(n, s)| (n - 1) * (s as usize / gcd)).sum::<usize>() + 1;
+        if walk.len / 2 <= span {
+            return Ok(None);
+        }
+        // with every other index fixed, an axis reaches distinct offsets: no offset is reached
+        // more often than the positions over all axes but the longest
+        let longest = walk.dims.iter().map(|d| d.0).max().unwrap_or(1);
+        let width = match (walk.len / longest) as u64 {
+            0..=0xff => 1,
+            0x100..=0xffff => 2,
+            0x1_0000..=0xffff_ffff => 4,
+            _ => 8,
+        };
+        if span.saturating_mul(width) <= MULT_MAX_BYTES {
+            return Ok(Some(Revisits { gcd, span, width }));
+        }
+        if walk.len > WALK_MAX {
+            return Err(Error::Layout(format!(
+                "this overlapping view (from as_strided or unfold) has {} positions over only {span} distinct \
+                 elements, too many to read one by one: take the statistics of the tensor it is a view of, \
+                 or of a slice of it",
+                walk.len
+            )));
+        }
+        Ok(None)
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// An unsigned integer of one width, with arithmetic modulo 2^bits.
+trait Mult: Copy + Send {
+    const ZERO: Self;
+    const ONE: Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn get(self) -> u64;
+}
+
+macro_rules! mult {
+    ($($t:ty),*) => {$(
+        impl Mult for $t {
+            const ZERO: Self = 0;
+            const ONE: Self = 1;
+            #[inline(always)]
+            fn add(self, o: Self) -> Self { self.wrapping_add(o) }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self { self.wrapping_sub(o) }
+            #[inline(always)]
+            fn get(self) -> u64 { self as u64 }
+        }
+    )*};
+}
+mult!(u8, u16, u32, u64);
+
+/// Statistics of an overlapping view from the multiplicity of each offset. The multiplicities are
+/// the convolution of one comb {0, s, ..., (n-1)s} per axis, built in place: a running sum along
+/// stride s, then a difference at n*s. The arithmetic is modulo 2^bits of `W`; every true value
+/// fits (`Revisits::plan`), and the steps are additions and subtractions, so the results are exact.
+fn by_multiplicity<T: Kernel, W: Mult>(view: &TensorView, walk: &Walk, plan: &Revisits, hist: bool) -> Result<Stats> {
+    let span = plan.span;
+    let mut m = crate::error::filled_vec(span, W::ZERO, "the multiplicities of an overlapping view")?;
+    m[0] = W::ONE;
+    for &(n, s) in &walk.dims {
+        let s = s as usize / plan.gcd;
+        for o in s..span {
+            m[o] = m[o].add(m[o - s]);
+        }
+        let ns = n * s; // <= (n - 1) * s + s < 2 * span
+        for o in (ns..span).rev() {
+            m[o] = m[o].sub(m[o - ns]);
+        }
+    }
+    let mut st = Stats::new(hist);
+    let mut buf: Vec<(f64, u64)> = Vec::with_capacity(BLOCK);
+    let flush = |st: &mut Stats, buf: &mut Vec<(f64, u64)>| {
+        add_careful(st, buf.iter().copied());
+        if let Some(h) = st.hist.as_mut() {
+            for &(v, w) in buf.iter() {
+                if let Some(c) = h.get_mut(hist_bin(v)) {
+                    *c = c.saturating_add(w);
+                }
+            }
+        }
+        buf.clear();
+    };
+    let step = plan.gcd as isize;
+    for (k, w) in m.iter().enumerate() {
+        let w = w.get();
+        if w == 0 {
+            continue;
+        }
+        // SAFETY: offset k is reached by some position of the walk (its multiplicity is not 0),
+        // and the view's contract makes every reached element readable; reads may be unaligned.
+        let v = unsafe { (view.elem_ptr(walk.base + k as isize * step) as *const T).read_unaligned() }.to_f64();
+        buf.push((v, w));
+        if buf.len() == BLOCK {
+            flush(&mut st, &mut buf);
+        }
+    }
+    flush(&mut st, &mut buf);
+    Ok(st)
 }
 
 /// Statistics of every element of `view` (one pass; parallel above `TASK` elements).
 pub fn stats(view: &TensorView, hist: bool) -> Result<Stats> {
-    Ok(with_dtype!(view.dtype, T => stats_typed::<T>(view, hist)))
+    with_dtype!(view.dtype, T => stats_typed::<T>(view, hist))
 }
 
 /// Statistics of many tensors, in parallel across them (and within the big ones).
@@ -642,6 +785,74 @@ mod tests {
             }
         }
         assert_matches(stats(&v, false).unwrap().summary(), reference(&vals));
+    }
+
+    /// Every position's value, listed (for small views).
+    fn positions(xs: &[f32], shape: &[usize], strides: &[isize], offset: isize) -> Vec<f64> {
+        let mut offs = vec![offset];
+        for (&n, &s) in shape.iter().zip(strides) {
+            offs = offs.iter().flat_map(|&o| (0..n as isize).map(move |i| o + i * s)).collect();
+        }
+        offs.iter().map(|&o| xs[o as usize] as f64).collect()
+    }
+
+    #[test]
+    fn overlapping_views_read_by_multiplicity_match_the_positions() {
+        let mut xs = noise(400, 41);
+        xs[7] = f32::NAN;
+        xs[30] = f32::INFINITY;
+        xs[3] = 0.0;
+        let cases: &[(&[usize], &[isize], isize)] = &[
+            (&[40, 20], &[1, 1], 0),          // unfold
+            (&[30, 10, 3], &[2, 4, 6], 1),    // gcd 2
+            (&[6, 6, 6, 6], &[3, -5, 7, 2], 100), // negative stride, interleaved
+            (&[9, 9, 4], &[1, 1, 0], 5),      // with a stride-0 axis
+            (&[200, 3], &[1, 100], 0),        // few revisits: walked
+        ];
+        for &(shape, strides, offset) in cases {
+            let v = TensorView::from_slice(&xs, shape, strides, offset as usize).unwrap();
+            let got = stats(&v, true).unwrap();
+            let vals = positions(&xs, shape, strides, offset);
+            assert_matches(got.summary(), reference(&vals));
+            let mut want_h = vec![0u64; HIST_BINS];
+            for &v in &vals {
+                if let Some(c) = want_h.get_mut(hist_bin(v)) {
+                    *c += 1;
+                }
+            }
+            assert_eq!(got.hist.unwrap(), want_h, "{shape:?} {strides:?}");
+        }
+        let plan = |shape: &[usize], strides: &[isize]| Revisits::plan(&Walk::new(shape, strides)).unwrap();
+        assert_eq!(plan(&[40, 20], &[1, 1]), Some(Revisits { gcd: 1, span: 59, width: 1 }));
+        assert_eq!(plan(&[200, 3], &[1, 100]), None);
+        assert_eq!(plan(&[1024; 6], &[1; 6]).map(|p| (p.span, p.width)), Some((6139, 8)));
+        // 2^40 positions whose multiplicities would take 1.2 GB: refused, never walked
+        let huge = Revisits::plan(&Walk::new(&[1 << 20, 1 << 20], &[1, 300]));
+        assert!(matches!(huge, Err(Error::Layout(m)) if m.contains("overlapping view")));
+    }
+
+    #[test]
+    fn an_enormous_overlapping_view_is_read_once_per_element() {
+        // as_strided((1024,) * 6, (1,) * 6): 2^60 positions over 6139 elements
+        let xs: Vec<f64> = (0..6200).map(|i| (i % 17) as f64 - 8.0).collect();
+        let v = TensorView::from_slice(&xs, &[1024; 6], &[1; 6], 0).unwrap();
+        let s = stats(&v, false).unwrap().summary();
+        // the multiplicities by brute force: six boxcars of 1024 convolved (in f64: exact below 2^53)
+        let mut m = vec![1f64];
+        for _ in 0..6 {
+            let mut next = vec![0f64; m.len() + 1023];
+            for (o, &c) in m.iter().enumerate() {
+                next[o..o + 1024].iter_mut().for_each(|x| *x += c);
+            }
+            m = next;
+        }
+        let total: f64 = m.iter().sum();
+        let mean = m.iter().zip(&xs).map(|(c, x)| c * x).sum::<f64>() / total;
+        let var = m.iter().zip(&xs).map(|(c, x)| c * (x - mean) * (x - mean)).sum::<f64>() / total;
+        assert_eq!(s.count, 1u64 << 60);
+        assert_eq!(s.zeros, m.iter().zip(&xs).filter(|(_, &x)| x == 0.0).map(|(c, _)| *c as u64).sum::<u64>());
+        assert!((s.mean - mean).abs() < 1e-12 && close(s.std, var.sqrt(), 1e-12), "{s:?} vs {mean} {}", var.sqrt());
+        assert_eq!((s.min, s.max), (-8.0, 8.0));
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl<'a> TensorView<'a> {
         }
         let view = TensorView { ptr, dtype, shape, strides_elems, _borrow: PhantomData };
         view.extent()?; // overflow check of every reachable offset
+        view.checked_numel()?; // and of the element count, which the statistics count in a u64
         Ok(view)
     }
 
@@ -48,6 +49,7 @@ impl<'a> TensorView<'a> {
         if shape.len() != strides_elems.len() {
             return Err(Error::Layout("shape and strides have different lengths".into()));
         }
+        view.checked_numel()?;
         if let Some((lo, hi)) = view.extent()? {
             let lo = offset as isize + lo;
             let hi = offset as isize + hi;
@@ -75,6 +77,13 @@ impl<'a> TensorView<'a> {
 
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The element count, or a `Layout` error where it does not fit in a usize.
+    pub fn checked_numel(&self) -> Result<usize> {
+        self.shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n)).ok_or_else(|| {
+            Error::Layout(format!("shape {:?} has more elements than the address space", self.shape))
+        })
     }
 
     /// The lowest and highest element offsets reached, or None when the view is empty.

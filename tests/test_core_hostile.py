@@ -133,3 +133,31 @@ def test_layout_of_odd_objects_is_a_clean_error_or_a_layout():
         nnprobe.stats(nested)
     with pytest.raises(InputError, match="sequence"):
         nnprobe.stats_many(3)
+
+
+def test_stats_of_enormous_overlapping_and_expanded_views_are_exact_and_quick():
+    # each would walk 2^60 or 4e9 positions one by one; a regression hangs, so in a subprocess
+    out = run_isolated(
+        "import torch, nnprobe\n"
+        "base = torch.arange(6200, dtype=torch.float64) % 17 - 8\n"
+        "s = nnprobe.stats(base.as_strided((1024,) * 6, (1,) * 6))\n"
+        "print(s.count, s.zeros, s.min, s.max, repr(s.mean), repr(s.std))\n"
+        "s = nnprobe.stats(torch.zeros(1).expand(2**62))\n"
+        "print(s.count, s.zeros, s.mean)\n"
+        "s = nnprobe.stats(torch.arange(131072, dtype=torch.float32).unfold(0, 65536, 1))\n"
+        "print(s.count, repr(s.mean))\n",
+        timeout=120,
+    ).splitlines()
+    # the oracle: how many positions reach each element is six boxcars of 1024 convolved
+    mult = np.ones(1, dtype=np.int64)
+    for _ in range(6):
+        mult = np.convolve(mult, np.ones(1024, dtype=np.int64))
+    x = np.arange(mult.size) % 17 - 8.0
+    mean = math.fsum(mult * x) / 2**60  # the products are exact: mult < 2^51, |x| <= 8
+    std = math.sqrt(math.fsum(mult * (x - mean) ** 2) / 2**60)
+    count, zeros, lo, hi, got_mean, got_std = out[0].split()
+    assert (int(count), int(zeros), lo, hi) == (2**60, int(mult[x == 0].sum()), "-8.0", "8.0")
+    assert abs(float(got_mean) - mean) < 1e-12 and float(got_std) == pytest.approx(std, rel=1e-12)
+    assert out[1].split() == [str(2**62), str(2**62), "0.0"]
+    count, got_mean = out[2].split()
+    assert int(count) == 65537 * 65536 and float(got_mean) == pytest.approx(65535.5, rel=1e-14)

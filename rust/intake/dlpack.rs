@@ -126,6 +126,18 @@ fn check_torch_dtype(obj: &Bound<'_, PyAny>) -> Result<()> {
     }))
 }
 
+/// The strides (elements) of a compact row-major tensor, checked.
+fn row_major(shape: &[usize]) -> Result<Vec<isize>> {
+    let mut s = vec![1isize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = isize::try_from(shape[d + 1].max(1))
+            .ok()
+            .and_then(|n| s[d + 1].checked_mul(n))
+            .ok_or_else(|| Error::Layout(format!("shape {shape:?} has more elements than the address space")))?;
+    }
+    Ok(s)
+}
+
 fn describe(obj: &Bound<'_, PyAny>) -> String {
     let name = super::type_name(obj);
     let extra = ["dtype", "device", "layout"]
@@ -240,15 +252,8 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
         .map(|&n| usize::try_from(n).map_err(|_| Error::Layout(format!("negative size in shape {shape_i:?}"))))
         .collect::<Result<_>>()?;
     let strides_elems: Vec<isize> = match strides {
-        Some(s) => s.into_iter().map(|v| v as isize).collect(),
-        None => {
-            // null strides: compact row-major (DLPack < 1.0)
-            let mut s = vec![1isize; ndim];
-            for d in (0..ndim.saturating_sub(1)).rev() {
-                s[d] = s[d + 1] * shape[d + 1].max(1) as isize;
-            }
-            s
-        }
+        Some(s) => s.into_iter().map(|v| v as isize).collect(), // isize is i64 on every target nnprobe builds for
+        None => row_major(&shape)?, // null strides: compact row-major (DLPack < 1.0)
     };
     let ptr = (tensor.data as *const u8).wrapping_add(tensor.byte_offset as usize);
     Ok(Borrowed { _keep: Keepalive::Capsule(capsule.unbind()), ptr, dtype, shape, strides_elems })
