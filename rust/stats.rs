@@ -7,11 +7,13 @@
 //! parallel update, so the mean and std stay accurate (about 1e-13 relative on float32 input)
 //! even when the mean is far larger than the spread, and float32 values near 3e38 cannot overflow.
 //!
-//! float64 values beyond 2^450 (about 3e135) would square past the float64 range. The sum of
-//! squared deviations is therefore kept in units of a power of two, `m2 · 4^m2_exp`, and a block
-//! whose sums overflowed is redone in units of 2^e (exact scalings): the std and l2 of values up
-//! to 1.8e308 come out finite and correct, like LAPACK's dnrm2. The exponent stays 0, and every
-//! scaling is skipped, unless such values appear; the |x| figure is kept as a running mean.
+//! float64 values beyond 2^450 (about 3e135) would square past the float64 range, and values
+//! below 2^-450 would square to nothing. The sum of squared deviations is therefore kept in units
+//! of a power of two, `m2 · 4^m2_exp`, and a block whose sums overflowed (or whose values are all
+//! that small) is redone in units of 2^e (exact scalings): the std and l2 of any float64 values
+//! come out finite and correct, like LAPACK's dnrm2. The exponent stays 0, and every scaling is
+//! skipped, for values in between (every float32, bfloat16, float16 and integer value); the |x|
+//! figure is kept as a running mean.
 
 use crate::dtype::{Element, BF16, F16};
 use crate::error::{Error, Result};
@@ -62,8 +64,8 @@ pub struct Stats {
     pub mean: f64,
     /// Sum of squared deviations from the mean (finite values), in units of `4^m2_exp`.
     pub m2: f64,
-    /// 0 unless finite values beyond 2^BIG_EXP were seen; then at least `big_exp(absmax)`, so
-    /// that `m2` stays below 2^968 for up to 2^64 values.
+    /// 0 unless float64 values beyond 2^±BIG_EXP were seen (then `m2` stays below 2^968 for up
+    /// to 2^64 values, and above the range where squares lose digits).
     pub m2_exp: i32,
     /// Mean of |x| over the finite values.
     pub absmean: f64,
@@ -72,15 +74,23 @@ pub struct Stats {
     pub hist: Option<Vec<u64>>,
 }
 
-/// Magnitudes up to 2^BIG_EXP are summed unscaled: their squares (below 2^902) summed over 2^64
-/// values cannot overflow.
+/// Magnitudes from 2^-BIG_EXP to 2^BIG_EXP are summed unscaled: their squares (below 2^902)
+/// summed over 2^64 values cannot overflow, and the squares of their differences (at least an
+/// ulp, 2^-502) stay normal floats.
 const BIG_EXP: i32 = 450;
+/// 2^-BIG_EXP: a block whose values are all smaller is summed scaled.
+const TINY: f64 = 3.5032461608120427e-136;
 
-/// The power of two that brings `x` (finite) below 2^(BIG_EXP + 1): 0 for every ordinary value.
+/// The power of two to sum magnitudes up to `x` (finite) in: 0 for 2^-BIG_EXP <= x < 2^(BIG_EXP + 1);
+/// larger, so the scaled values are below 2^(BIG_EXP + 1); smaller, so they are about 1. None for
+/// 0, which needs no scale.
 #[inline(always)]
-fn big_exp(x: f64) -> i32 {
+fn exp_for(x: f64) -> Option<i32> {
+    if x == 0.0 {
+        return None;
+    }
     let e = ((x.to_bits() >> 52) & 0x7ff) as i32 - 1023;
-    (e - BIG_EXP).max(0)
+    Some(if e > BIG_EXP { e - BIG_EXP } else if e < -BIG_EXP { e } else { 0 })
 }
 
 /// `x · 2^e`, exact unless the result leaves the normal range (C's `ldexp`).
@@ -101,6 +111,25 @@ fn scale(x: f64, e: i32) -> f64 {
         e += 1022;
     }
     x * pow2(e)
+}
+
+/// `x · 2^e` for a figure whose true value is finite: a result that rounding pushed a few ulps
+/// past the largest float64 is the largest float64, not Inf. (A true figure beyond the range,
+/// such as the l2 of many values near it, is still Inf.)
+#[inline(always)]
+fn unscale(x: f64, e: i32) -> f64 {
+    let r = scale(x, e);
+    if r.is_infinite() && x.is_finite() && x.abs() <= scale(f64::MAX, -e) * (1.0 + 8.0 * f64::EPSILON) {
+        f64::MAX.copysign(x)
+    } else {
+        r
+    }
+}
+
+/// `v` limited to `[lo, hi]`, where the figure lies in exact arithmetic; a NaN stays NaN.
+#[inline(always)]
+fn within(v: f64, lo: f64, hi: f64) -> f64 {
+    if v < lo { lo } else if v > hi { hi } else { v }
 }
 
 /// A sum of squares that rounding left a hair below zero is zero; a NaN stays NaN.
@@ -157,10 +186,16 @@ impl Stats {
         let total = self.finite.saturating_add(n);
         let (na, nb, nt) = (self.finite as f64, n as f64, total as f64);
         let wb = nb / nt;
-        let ed = big_exp(self.mean.abs().max(mean.abs()));
+        let ed = exp_for(self.mean.abs().max(mean.abs())).unwrap_or(0);
         let delta = scale(mean, -ed) - scale(self.mean, -ed);
-        self.mean = scale(scale(self.mean, -ed) + delta * wb, ed);
-        let k = self.m2_exp.max(m2_exp).max(ed);
+        self.mean = unscale(scale(self.mean, -ed) + delta * wb, ed);
+        // the units of the largest of the three terms; a term that is 0 has no units
+        let k = [(self.m2 != 0.0, self.m2_exp), (m2 != 0.0, m2_exp), (delta != 0.0, ed)]
+            .iter()
+            .filter(|t| t.0)
+            .map(|t| t.1)
+            .max()
+            .unwrap_or(0);
         let d = scale(delta, ed - k);
         self.m2 = scale(self.m2, 2 * (self.m2_exp - k)) + scale(m2, 2 * (m2_exp - k)) + d * d * (na * wb);
         self.m2_exp = k;
@@ -176,8 +211,8 @@ impl Stats {
         if b.n > 0 {
             let n = b.n as f64;
             let d = b.sum / n;
-            // finite sums of values beyond 2^BIG_EXP: keep the invariant on m2_exp (exact scaling)
-            let e = big_exp(b.min.abs().max(b.max.abs()));
+            // finite sums of values beyond 2^BIG_EXP: their m2 in units of 4^e (exact scaling)
+            let e = exp_for(b.min.abs().max(b.max.abs())).unwrap_or(0).max(0);
             let m2 = scale(non_negative(b.sumsq - b.sum * d), -2 * e);
             self.add_moments(b.n, b.shift + d, m2, e, b.abs_sum / n);
         }
@@ -218,9 +253,15 @@ impl Stats {
         let any = self.finite > 0;
         let nan_unless = |v: f64| if any { v } else { f64::NAN };
         // l2^2 = m2 + n mean^2, in units of 4^e so that neither term overflows
-        let e = self.m2_exp.max(big_exp(self.mean.abs()));
+        let e = [(self.m2 != 0.0, self.m2_exp), (self.mean != 0.0, exp_for(self.mean.abs()).unwrap_or(0))]
+            .iter()
+            .filter(|t| t.0)
+            .map(|t| t.1)
+            .max()
+            .unwrap_or(0);
         let m = scale(self.mean, -e);
-        let l2 = scale((scale(self.m2, 2 * (self.m2_exp - e)) + n * m * m).sqrt(), e);
+        let l2 = unscale((scale(self.m2, 2 * (self.m2_exp - e)) + n * m * m).sqrt(), e);
+        let absmax = self.min.abs().max(self.max.abs());
         Summary {
             count: self.count,
             nan: self.nan,
@@ -228,11 +269,13 @@ impl Stats {
             zeros: self.zeros,
             min: nan_unless(self.min),
             max: nan_unless(self.max),
-            mean: nan_unless(self.mean),
-            std: nan_unless(scale((self.m2 / n).sqrt(), self.m2_exp)),
-            l2: if any { l2 } else { 0.0 },
-            absmax: nan_unless(self.min.abs().max(self.max.abs())),
-            absmean: nan_unless(self.absmean),
+            // rounding cannot take a figure past its exact bounds: min <= mean <= max,
+            // std <= (max - min) / 2 (Popoviciu), absmax <= l2, absmean <= absmax
+            mean: nan_unless(within(self.mean, self.min, self.max)),
+            std: nan_unless(within(unscale((self.m2 / n).sqrt(), self.m2_exp), 0.0, self.max / 2.0 - self.min / 2.0)),
+            l2: if any { within(l2, absmax, f64::INFINITY) } else { 0.0 },
+            absmax: nan_unless(absmax),
+            absmean: nan_unless(within(self.absmean, 0.0, absmax)),
         }
     }
 }
@@ -362,7 +405,7 @@ fn add_careful(st: &mut Stats, xs: impl Iterator<Item = (f64, u64)> + Clone) {
         }
     }
     let Some(shift) = shift else { return };
-    let e = big_exp(big);
+    let e = exp_for(big).unwrap_or(0);
     let sh = scale(shift, -e);
     let (mut n, mut sum, mut sumsq, mut abs) = (0u64, 0f64, 0f64, 0f64);
     for (v, w) in xs.filter(|(v, _)| v.is_finite()) {
@@ -377,7 +420,7 @@ fn add_careful(st: &mut Stats, xs: impl Iterator<Item = (f64, u64)> + Clone) {
         st.zeros = st.zeros.saturating_add(w * (v == 0.0) as u64);
     }
     let (nf, dm) = (n as f64, sum / n as f64);
-    st.add_moments(n, scale(sh + dm, e), non_negative(sumsq - sum * dm), e, scale(abs / nf, e));
+    st.add_moments(n, unscale(sh + dm, e), non_negative(sumsq - sum * dm), e, unscale(abs / nf, e));
 }
 
 /// The histogram bin of a value, read from the exponent of its f64 form (exact for every float).
@@ -414,7 +457,8 @@ fn stats_range<T: Kernel>(view: &TensorView, start: usize, end: usize, hist: boo
     let mut since_flush = 0usize;
     let mut feed = |st: &mut Stats, xs: &[T]| {
         let b = if st.hist.is_some() { T::block_fast_hist(xs, &mut scratch) } else { T::block_fast(xs) };
-        if !b.is_finite() {
+        if !b.is_finite() || (b.min > -TINY && b.max < TINY && (b.min != 0.0 || b.max != 0.0)) {
+            // non-finite values or sums, or float64 values so small that their squares vanish
             add_careful(st, xs.iter().map(|x| (x.to_f64(), 1)));
         } else if cancels(&b) {
             st.add_block(&block_fast_generic(xs)); // shifted by the first value
@@ -757,9 +801,29 @@ mod tests {
         let s = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
         assert_eq!((s.count, s.nan, s.min, s.max), (6, 1, -1e300, 1e300));
         assert!(close(s.std, 1e300 * (2.0f64 / 5.0).sqrt(), 1e-15) && close(s.l2, 1e300 * 2f64.sqrt(), 1e-15), "{s:?}");
+        // rounding does not push a figure just below the largest float64 past it
+        let s = stats(&TensorView::from_contiguous(&[f64::MAX, 0.0, 0.0, 0.0]), false).unwrap().summary();
+        assert!(s.l2 == f64::MAX && close(s.mean, f64::MAX / 4.0, 1e-15) && close(s.std, f64::MAX * 3f64.sqrt() / 4.0, 1e-15), "{s:?}");
         // the true l2 of two values of 1.7e308 is beyond the float64 range: Inf, not NaN
         let s = stats(&TensorView::from_contiguous(&[1.7e308, 1.7e308]), false).unwrap().summary();
         assert!(s.l2.is_infinite() && s.std == 0.0 && s.mean == 1.7e308, "{s:?}");
+    }
+
+    #[test]
+    fn float64_near_underflow_keeps_std_and_l2() {
+        let s = stats(&TensorView::from_contiguous(&[1e-200, 3e-200]), false).unwrap().summary();
+        assert!(close(s.std, 1e-200, 1e-15) && close(s.l2, 1e-200 * 10f64.sqrt(), 1e-15) && close(s.mean, 2e-200, 1e-15), "{s:?}");
+        // subnormals, across blocks and tasks, with zeros and a symmetric (zero) mean
+        let xs: Vec<f64> = (0..TASK + 3000).map(|i| [5e-324, -5e-324, 0.0, 1e-310][i % 4]).collect();
+        let s = stats(&TensorView::from_contiguous(&xs), false).unwrap().summary();
+        // (5e-324 is 2^-1074, too small to count beside 1e-310: mean b/4, std b sqrt(3)/4)
+        assert!(close(s.std, 1e-310 * 3f64.sqrt() / 4.0, 1e-12) && close(s.mean, 2.5e-311, 1e-12), "{s:?}");
+        assert!(close(s.l2, 1e-310 * ((TASK + 3000) as f64 / 4.0).sqrt(), 1e-12), "{s:?}");
+        // a block of zeros then tiny values: the zeros impose no units
+        let mut ys = vec![0.0; 4096];
+        ys.extend([1e-300, 2e-300]);
+        let s = stats(&TensorView::from_contiguous(&ys), false).unwrap().summary();
+        assert!(close(s.l2, 1e-300 * 5f64.sqrt(), 1e-15) && s.std > 0.0, "{s:?}");
     }
 
     #[test]
@@ -769,8 +833,12 @@ mod tests {
         assert_eq!(scale(1.5, -1074), 2f64.powi(-1073)); // one rounding: 1.5 ulp ties to even
         assert_eq!(scale(f64::MAX, -2000 + 1023), f64::MAX * 2f64.powi(-1000) * 2f64.powi(-1000) * 2f64.powi(1023));
         assert_eq!(scale(2f64.powi(-1070), 2000), 2f64.powi(930));
-        assert_eq!(big_exp(1.0), 0);
-        assert_eq!(big_exp(2f64.powi(460)), 10);
+        assert_eq!(exp_for(1.0), Some(0));
+        assert_eq!(exp_for(0.0), None);
+        assert_eq!(exp_for(2f64.powi(460)), Some(10));
+        assert_eq!(exp_for(2f64.powi(-460)), Some(-460));
+        assert_eq!(exp_for(TINY), Some(0));
+        assert_eq!(exp_for(TINY / 2.0), Some(-451));
     }
 
     #[test]

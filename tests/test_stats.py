@@ -17,10 +17,13 @@ import nnprobe
 
 
 def _sqrt(q: Fraction) -> float:
-    """sqrt of an exact non-negative rational, to within an ulp, however large (Inf past the range)."""
-    k = max(0, (q.numerator.bit_length() - q.denominator.bit_length()) // 2 - 500)
+    """sqrt of an exact non-negative rational, to within an ulp, however large or small (Inf past
+    the range)."""
+    if q == 0:
+        return 0.0
+    k = (q.numerator.bit_length() - q.denominator.bit_length()) // 2  # q / 4^k is about 1
     try:
-        return math.ldexp(math.sqrt(q / 4**k), k)
+        return math.ldexp(math.sqrt(q / Fraction(4) ** k), k)
     except OverflowError:
         return math.inf
 
@@ -38,7 +41,7 @@ def reference(values: np.ndarray) -> dict:
             l2 = _sqrt(sum(x * x for x in xs))
             absmean = float(sum(map(abs, xs)) / len(xs))
         else:  # correctly rounded sums, fast enough for millions of values (in units of 2^k: no overflow)
-            k = max(0, math.frexp(float(np.abs(fin).max()))[1] - 500)
+            k = math.frexp(float(np.abs(fin).max()))[1]  # in units of 2^k the values are about 1
             f = np.ldexp(fin, -k)
             m = math.fsum(f) / fin.size
             mean = math.ldexp(m, k)
