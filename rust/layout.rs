@@ -285,7 +285,7 @@ pub fn infer_shape(shape: &[i64], numel: usize) -> Result<Option<Vec<usize>>> {
     match infer {
         Some(i) => {
             // torch refuses to infer a -1 next to a zero ("can be any value")
-            if known == 0 || numel % known != 0 {
+            if known == 0 || !numel.is_multiple_of(known) {
                 return Ok(None);
             }
             out[i] = numel / known;

@@ -45,7 +45,10 @@ mod _core {
     /// Threads for the passes over data (0: one per core). In a forked child it is always 1.
     #[pyfunction]
     fn set_num_threads(py: Python<'_>, n: usize) -> PyResult<()> {
-        crate::py::guard(py, || Ok(crate::pool::set_num_threads(n)))
+        crate::py::guard(py, || {
+            crate::pool::set_num_threads(n);
+            Ok(())
+        })
     }
 
     #[pyfunction]

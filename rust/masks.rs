@@ -248,10 +248,9 @@ mod tests {
 
     /// Brute force over the index space in C order.
     fn brute(data: &[f32], shape: &[usize], keep: &[usize]) -> Vec<bool> {
-        let n: usize = shape.iter().product();
         let out_shape: Vec<usize> = keep.iter().map(|&a| shape[a]).collect();
         let mut out = vec![false; out_shape.iter().product()];
-        for flat in 0..n {
+        for (flat, &x) in data.iter().enumerate().take(shape.iter().product()) {
             let mut idx = vec![0; shape.len()];
             let mut r = flat;
             for k in (0..shape.len()).rev() {
@@ -262,7 +261,7 @@ mod tests {
             for (k, &a) in keep.iter().enumerate() {
                 cell = cell * out_shape[k] + idx[a];
             }
-            out[cell] |= data[flat] != 0.0;
+            out[cell] |= x != 0.0;
         }
         out
     }
@@ -273,7 +272,7 @@ mod tests {
         let shapes: &[&[usize]] = &[&[4, 5], &[3, 4, 5], &[2, 3, 1, 4], &[6], &[2, 0, 3]];
         for shape in shapes {
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| if rng.next() % 5 == 0 { 1.5 } else { 0.0 }).collect();
+            let data: Vec<f32> = (0..n).map(|_| if rng.next().is_multiple_of(5) { 1.5 } else { 0.0 }).collect();
             let strides = c_strides(shape);
             let view = TensorView::from_slice(&data, shape, &strides, 0).unwrap();
             let nd = shape.len();
@@ -302,7 +301,7 @@ mod tests {
     fn nonzero_along_walks_transposed_and_negative_strides() {
         // a 3x4 matrix stored transposed, with one non-zero at logical [2, 1]
         let mut data = vec![0f32; 12];
-        data[1 * 3 + 2] = -2.0; // column-major: element [i, j] at j*3 + i
+        data[3 + 2] = -2.0; // column-major: element [i, j] at j*3 + i: [2, 1]
         let view = TensorView::from_slice(&data, &[3, 4], &[1, 3], 0).unwrap();
         assert_eq!(nonzero_along(&view, &[0], 0.0).unwrap().values, vec![false, false, true]);
         assert_eq!(nonzero_along(&view, &[1], 0.0).unwrap().values, vec![false, true, false, false]);
@@ -369,7 +368,7 @@ mod tests {
             for _ in 0..5 {
                 let mut mask = vec![false; n_out * n_in];
                 for j in 0..n_in {
-                    if rng.next() % 4 != 0 {
+                    if !rng.next().is_multiple_of(4) {
                         let i = rng.next() as usize % n_out;
                         mask[i * n_in + j] = true;
                     }
@@ -386,7 +385,7 @@ mod tests {
         let mut rng = Lcg(11);
         let (n_out, n_in) = (16, 12);
         for _ in 0..50 {
-            let mask: Vec<bool> = (0..n_out * n_in).map(|_| rng.next() % 9 == 0).collect();
+            let mask: Vec<bool> = (0..n_out * n_in).map(|_| rng.next().is_multiple_of(9)).collect();
             let d = group_decode(&simulate(&mask, n_out, n_in), n_out, n_in).unwrap();
             for j in 0..n_in {
                 let reach = (0..n_out).filter(|&i| mask[i * n_in + j]).count();

@@ -79,7 +79,7 @@ pub struct Stats {
 /// ulp, 2^-502) stay normal floats.
 const BIG_EXP: i32 = 450;
 /// 2^-BIG_EXP: a block whose values are all smaller is summed scaled.
-const TINY: f64 = 3.5032461608120427e-136;
+const TINY: f64 = f64::from_bits(((1023 - BIG_EXP) as u64) << 52);
 
 /// The power of two to sum magnitudes up to `x` (finite) in: 0 for 2^-BIG_EXP <= x < 2^(BIG_EXP + 1);
 /// larger, so the scaled values are below 2^(BIG_EXP + 1); smaller, so they are about 1. None for
@@ -476,7 +476,7 @@ fn stats_range<T: Kernel>(view: &TensorView, start: usize, end: usize, hist: boo
     let mut buf: Vec<T> = Vec::with_capacity(BLOCK);
     walk.for_runs(start, end, |off, n, stride| {
         let p = view.elem_ptr(off) as *const T;
-        if stride == 1 && n >= 64 && (p as usize) % std::mem::align_of::<T>() == 0 {
+        if stride == 1 && n >= 64 && (p as usize).is_multiple_of(std::mem::align_of::<T>()) {
             // SAFETY: the view's contract makes these n elements readable; p is aligned.
             let run = unsafe { std::slice::from_raw_parts(p, n) };
             run.chunks(BLOCK).for_each(|c| feed(&mut st, c));

@@ -160,7 +160,7 @@ impl Walk {
                 dims.push((n, s));
             }
         }
-        dims.sort_by(|a, b| b.1.cmp(&a.1));
+        dims.sort_by_key(|d| std::cmp::Reverse(d.1));
         let mut merged: Vec<(usize, isize)> = Vec::with_capacity(dims.len());
         for (n, s) in dims.into_iter().rev() {
             // walking from the innermost: merge an outer axis whose stride spans the inner run exactly
@@ -248,7 +248,7 @@ mod tests {
         ];
         for (shape, strides) in cases {
             let w = Walk::new(shape, strides);
-            let mut got: Vec<isize> = offsets(&w).iter().flat_map(|&o| std::iter::repeat(o).take(w.repeat as usize)).collect();
+            let mut got: Vec<isize> = offsets(&w).iter().flat_map(|&o| std::iter::repeat_n(o, w.repeat as usize)).collect();
             let mut want = brute(shape, strides);
             got.sort();
             want.sort();

@@ -197,7 +197,7 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
     }
     let capsule = obj.call_method0(intern!(py, "__dlpack__")).map_err(|e| {
         let sparse = obj.getattr("is_sparse").and_then(|v| v.is_truthy()).unwrap_or(false)
-            || obj.getattr("layout").and_then(|v| v.str()).map(|s| s.to_string() != "torch.strided").unwrap_or(false);
+            || obj.getattr("layout").and_then(|v| v.str()).map(|s| s != "torch.strided").unwrap_or(false);
         let nested = obj.getattr("is_nested").and_then(|v| v.is_truthy()).unwrap_or(false);
         let hint = if nested {
             "nested tensors have no single strided buffer: pass the tensors of x.unbind() to stats_many"
