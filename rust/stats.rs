@@ -979,6 +979,8 @@ mod tests {
             assert_eq!((b.min, b.max, b.zeros, b.n), (want.min, want.max, want.zeros, want.n));
             assert!((b.abs_sum - want.abs_sum).abs() < 1e-9 * want.abs_sum);
         };
+        // SAFETY (every unsafe call below): each kernel runs only after `available()` confirmed
+        // the CPU features it is compiled for.
         #[cfg(target_arch = "x86_64")]
         {
             if crate::simd::available() {

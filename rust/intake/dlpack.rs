@@ -211,6 +211,7 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
     // SAFETY: capsule is a live object; PyCapsule_GetName returns its name or null.
     let name_ptr = unsafe { ffi::PyCapsule_GetName(capsule.as_ptr()) };
     if name_ptr.is_null() {
+        // SAFETY: attached to the interpreter (we hold `py`); clears the error GetName set.
         unsafe { ffi::PyErr_Clear() };
         return Err(Error::Input(format!("__dlpack__ of {} did not return a capsule", describe(&obj))));
     }
