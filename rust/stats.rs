@@ -78,6 +78,8 @@ pub struct Stats {
 /// summed over 2^64 values cannot overflow, and the squares of their differences (at least an
 /// ulp, 2^-502) stay normal floats.
 const BIG_EXP: i32 = 450;
+/// 2^(BIG_EXP + 1): magnitudes below it need no scaling against overflow.
+const BIG: f64 = f64::from_bits(((1023 + BIG_EXP + 1) as u64) << 52);
 /// 2^-BIG_EXP: a block whose values are all smaller is summed scaled.
 const TINY: f64 = f64::from_bits(((1023 - BIG_EXP) as u64) << 52);
 
@@ -187,6 +189,15 @@ impl Stats {
         let (na, nb, nt) = (self.finite as f64, n as f64, total as f64);
         let wb = nb / nt;
         let ed = exp_for(self.mean.abs().max(mean.abs())).unwrap_or(0);
+        if (ed, m2_exp, self.m2_exp) == (0, 0, 0) {
+            // every value seen is ordinary (the only case for all but float64): no scaling
+            let delta = mean - self.mean;
+            self.mean += delta * wb;
+            self.m2 += m2 + delta * delta * (na * wb);
+            self.absmean += (absmean - self.absmean) * wb;
+            self.finite = total;
+            return;
+        }
         let delta = scale(mean, -ed) - scale(self.mean, -ed);
         self.mean = unscale(scale(self.mean, -ed) + delta * wb, ed);
         // the units of the largest of the three terms; a term that is 0 has no units
@@ -212,7 +223,7 @@ impl Stats {
             let n = b.n as f64;
             let d = b.sum / n;
             // finite sums of values beyond 2^BIG_EXP: their m2 in units of 4^e (exact scaling)
-            let e = exp_for(b.min.abs().max(b.max.abs())).unwrap_or(0).max(0);
+            let e = if b.min > -BIG && b.max < BIG { 0 } else { exp_for(b.min.abs().max(b.max.abs())).unwrap_or(0).max(0) };
             let m2 = scale(non_negative(b.sumsq - b.sum * d), -2 * e);
             self.add_moments(b.n, b.shift + d, m2, e, b.abs_sum / n);
         }

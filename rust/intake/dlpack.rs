@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use std::ffi::{c_void, CStr};
 
 #[repr(C)]
@@ -96,13 +97,42 @@ const TORCH_READABLE: [&str; 13] = [
     "uint64", "bool",
 ];
 
+/// `torch.dtype` and the readable dtype objects, looked up once torch is imported (never imported
+/// here: an object can only be a torch tensor once someone else has imported torch).
+struct TorchDtypes {
+    dtype_class: Py<PyAny>,
+    readable: Vec<Py<PyAny>>,
+}
+
+static TORCH_DTYPES: PyOnceLock<TorchDtypes> = PyOnceLock::new();
+
+fn torch_dtypes(py: Python<'_>) -> Option<&TorchDtypes> {
+    if let Some(t) = TORCH_DTYPES.get(py) {
+        return Some(t);
+    }
+    let torch = py.import("sys").and_then(|s| s.getattr("modules")).and_then(|m| m.get_item("torch")).ok()?;
+    let dtype_class = torch.getattr("dtype").ok()?.unbind();
+    let readable = TORCH_READABLE.iter().filter_map(|n| torch.getattr(*n).ok().map(|d| d.unbind())).collect();
+    let _ = TORCH_DTYPES.set(py, TorchDtypes { dtype_class, readable });
+    TORCH_DTYPES.get(py)
+}
+
 /// Refuses a torch tensor whose dtype the core would not read as what it means, before anything
 /// is exported: quantized tensors (their bytes are not their values), complex ones, float8 and
 /// float4, and the shell dtypes (`torch.uint4`, `torch.bits8`...) that DLPack would hand over as
 /// plain bytes. Other DLPack producers are judged by the DLPack type code alone.
 fn check_torch_dtype(obj: &Bound<'_, PyAny>) -> Result<()> {
     let py = obj.py();
-    let Ok(dtype) = obj.getattr(intern!(py, "dtype")).and_then(|d| d.str()).map(|s| s.to_string()) else {
+    let Ok(dtype) = obj.getattr(intern!(py, "dtype")) else {
+        return Ok(());
+    };
+    // the common case without building a string: a readable torch dtype, or no torch dtype at all
+    if let Some(t) = torch_dtypes(py) {
+        if t.readable.iter().any(|d| d.bind(py).is(&dtype)) || !dtype.is_instance(t.dtype_class.bind(py)).unwrap_or(false) {
+            return Ok(());
+        }
+    }
+    let Ok(dtype) = dtype.str().map(|s| s.to_string()) else {
         return Ok(());
     };
     let Some(name) = dtype.strip_prefix("torch.") else {
@@ -178,22 +208,20 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
         }
     }
     check_torch_dtype(&obj)?;
-    // torch's negative and conjugate bits are lazy: the memory holds x while the tensor means -x
-    // (`z.conj().imag`, `x._neg_view()`) or conj(x). DLPack hands over the memory as it is (torch
-    // exports a negative view without a word), so a view with either bit is resolved first: a
-    // copy, for such views only. Never a figure of the wrong sign.
-    for (flag, resolve) in [(intern!(py, "is_neg"), intern!(py, "resolve_neg")), (intern!(py, "is_conj"), intern!(py, "resolve_conj"))] {
-        let set = match obj.getattr(flag) {
-            Ok(f) => f.call0().and_then(|v| v.is_truthy()).map_err(|e| {
-                Error::Input(format!("{}.{flag}() failed ({e}); pass a plain tensor, e.g. x.clone()", describe(&obj)))
-            })?,
-            Err(_) => false, // not a torch tensor: no such bits
-        };
-        if set {
-            obj = obj.call_method0(resolve).map_err(|e| {
-                Error::Input(format!("{}.{resolve}() failed ({e}); pass x.clone() instead", describe(&obj)))
-            })?;
-        }
+    // torch's negative bit is lazy: the memory holds x while the tensor means -x (`z.conj().imag`,
+    // `x._neg_view()`). DLPack hands over the memory as it is (torch exports a negative view
+    // without a word), so such a view is resolved first: a copy, for such views only. Never a
+    // figure of the wrong sign. (The conjugate bit only exists on complex tensors, refused above.)
+    let negative = match obj.getattr(intern!(py, "is_neg")) {
+        Ok(f) => f.call0().and_then(|v| v.is_truthy()).map_err(|e| {
+            Error::Input(format!("{}.is_neg() failed ({e}); pass a plain tensor, e.g. x.clone()", describe(&obj)))
+        })?,
+        Err(_) => false, // not a torch tensor: no such bit
+    };
+    if negative {
+        obj = obj.call_method0(intern!(py, "resolve_neg")).map_err(|e| {
+            Error::Input(format!("{}.resolve_neg() failed ({e}); pass x.clone() instead", describe(&obj)))
+        })?;
     }
     let capsule = obj.call_method0(intern!(py, "__dlpack__")).map_err(|e| {
         let sparse = obj.getattr("is_sparse").and_then(|v| v.is_truthy()).unwrap_or(false)
