@@ -137,6 +137,8 @@ def test_layout_of_odd_objects_is_a_clean_error_or_a_layout():
         nnprobe.stats(nested)
     with pytest.raises(InputError, match="sequence"):
         nnprobe.stats_many(3)
+    with pytest.raises(DtypeError):
+        nnprobe.stats(np.zeros(3, dtype=[]))
 
 
 def test_stats_of_enormous_overlapping_and_expanded_views_are_exact_and_quick():

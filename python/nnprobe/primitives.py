@@ -18,6 +18,14 @@ def stats(x: Any, *, hist: bool = False) -> TensorStats:
     ``count, nan, inf, zeros`` count elements; ``min, max, mean, std`` (population std), ``l2``,
     ``absmax`` and ``absmean`` are over the finite values. With ``hist=True``, a 64-bin histogram of
     floor(log2|x|) over finite non-zero values (``hist_edges``, ``hist_counts``).
+
+    Reads float16, bfloat16, float32, float64, signed and unsigned integers and bool (a bool byte
+    other than 0 is true). Complex, quantized, float8 and torch's shell dtypes raise ``DtypeError``
+    with the conversion to use (``x.real``/``x.abs()``, ``x.dequantize()``, ``x.float()``). A torch
+    view with the negative bit (``z.conj().imag``) is resolved first (a copy). float64 values of any
+    magnitude give finite, correct ``std`` and ``l2`` wherever the true figure is finite. Expanded
+    (stride-0) and overlapping (``as_strided``, ``unfold``) views count every position but read
+    each distinct element once.
     """
     return _core.stats(x, hist=hist)
 
