@@ -350,3 +350,13 @@ def test_huge_expanded_views_count_exactly():
         timeout=120,
     )
     assert out.strip() == "ok"
+
+
+def test_a_huge_thread_count_is_capped_not_spawned():
+    before = nnprobe.get_num_threads()
+    try:
+        nnprobe.set_num_threads(100_000)  # would start 100000 threads (minutes) before
+        assert nnprobe.get_num_threads() <= 4 * (__import__("os").cpu_count() or 1)
+        assert nnprobe.stats(np.ones(3_000_000, np.float32)).count == 3_000_000
+    finally:
+        nnprobe.set_num_threads(before)
