@@ -148,11 +148,18 @@ macro_rules! element_as {
 element_as!(f32 => F32, f64 => F64, i8 => I8, i16 => I16, i32 => I32, i64 => I64,
             u8 => U8, u16 => U16, u32 => U32, u64 => U64);
 
-impl Element for bool {
+/// A bool as torch and NumPy store it: one byte. Read as `byte != 0`, as NumPy and torch do: a
+/// bool array viewed from other bytes (`np.uint8(...).view(bool)`) may hold 2 or 255, which are
+/// true, never 2 or 255. (A Rust `bool` must not be used: any byte but 0 and 1 is invalid for it.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(transparent)]
+pub struct Bool8(pub u8);
+
+impl Element for Bool8 {
     const DTYPE: DType = DType::Bool;
     #[inline(always)]
     fn to_f64(self) -> f64 {
-        self as u8 as f64
+        (self.0 != 0) as u8 as f64
     }
 }
 impl Element for BF16 {
@@ -174,7 +181,7 @@ impl Element for F16 {
 #[macro_export]
 macro_rules! with_dtype {
     ($dtype:expr, $T:ident => $body:expr) => {{
-        use $crate::dtype::{DType, BF16, F16};
+        use $crate::dtype::{Bool8, DType, BF16, F16};
         match $dtype {
             DType::F16 => { type $T = F16; $body }
             DType::BF16 => { type $T = BF16; $body }
@@ -188,7 +195,7 @@ macro_rules! with_dtype {
             DType::U16 => { type $T = u16; $body }
             DType::U32 => { type $T = u32; $body }
             DType::U64 => { type $T = u64; $body }
-            DType::Bool => { type $T = u8; $body }
+            DType::Bool => { type $T = Bool8; $body }
         }
     }};
 }
@@ -208,5 +215,10 @@ mod tests {
         assert_eq!(BF16(0x3f80).to_f32(), 1.0);
         assert_eq!(BF16::from_f32(1.0).0, 0x3f80);
         assert_eq!(BF16::from_f32(3.0).to_f32(), 3.0);
+    }
+
+    #[test]
+    fn bool_bytes_other_than_one_are_true() {
+        assert_eq!([Bool8(0), Bool8(1), Bool8(2), Bool8(255)].map(|b| b.to_f64()), [0.0, 1.0, 1.0, 1.0]);
     }
 }

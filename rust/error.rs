@@ -45,3 +45,15 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `vec![value; len]`, or a `Layout` error where the memory cannot be had: a size that a user's
+/// number implies is never allowed to abort the process (a failed allocation aborts; it does not
+/// panic).
+pub fn filled_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::Layout(format!("{what} would need {len} entries of {} bytes: more memory than there is", std::mem::size_of::<T>()))
+    })?;
+    v.resize(len, value);
+    Ok(v)
+}

@@ -44,12 +44,15 @@ mod _core {
 
     /// Threads for the passes over data (0: one per core). In a forked child it is always 1.
     #[pyfunction]
-    fn set_num_threads(n: usize) {
-        crate::pool::set_num_threads(n)
+    fn set_num_threads(py: Python<'_>, n: usize) -> PyResult<()> {
+        crate::py::guard(py, || {
+            crate::pool::set_num_threads(n);
+            Ok(())
+        })
     }
 
     #[pyfunction]
-    fn get_num_threads() -> usize {
-        crate::pool::num_threads()
+    fn get_num_threads(py: Python<'_>) -> PyResult<usize> {
+        crate::py::guard(py, || Ok(crate::pool::num_threads()))
     }
 }

@@ -129,12 +129,13 @@ pub fn group_passes(n_out: usize) -> usize {
 }
 
 /// Which outputs each group pass weights: row-major [passes, n_out].
-pub fn group_codes(n_out: usize) -> Vec<bool> {
+pub fn group_codes(n_out: usize) -> Result<Vec<bool>> {
     let passes = group_passes(n_out);
-    let mut out = vec![false; passes * n_out];
+    let len = passes.checked_mul(n_out).ok_or_else(|| Error::Layout(format!("{n_out} outputs are too many")))?;
+    let mut out = crate::error::filled_vec(len, false, "the group codes")?;
     if bits_for(n_out) == 0 {
         out.iter_mut().for_each(|v| *v = true);
-        return out;
+        return Ok(out);
     }
     for p in 0..passes {
         let (bit, want) = (p / 2, p % 2 == 0);
@@ -142,7 +143,7 @@ pub fn group_codes(n_out: usize) -> Vec<bool> {
             out[p * n_out + i] = ((i >> bit) & 1 == 1) == want;
         }
     }
-    out
+    Ok(out)
 }
 
 /// What `group_decode` recovers.
@@ -165,7 +166,8 @@ pub fn group_decode(hits: &[bool], n_out: usize, n_in: usize) -> Result<Decoded>
         )));
     }
     let bits = bits_for(n_out);
-    let mut mask = vec![false; n_out * n_in];
+    let cells = n_out.checked_mul(n_in).ok_or_else(|| Error::Layout(format!("a mask of [{n_out}, {n_in}] is too large")))?;
+    let mut mask = crate::error::filled_vec(cells, false, "the dependency mask")?;
     let mut ambiguous = vec![false; n_in];
     for j in 0..n_in {
         if bits == 0 {
@@ -246,10 +248,9 @@ mod tests {
 
     /// Brute force over the index space in C order.
     fn brute(data: &[f32], shape: &[usize], keep: &[usize]) -> Vec<bool> {
-        let n: usize = shape.iter().product();
         let out_shape: Vec<usize> = keep.iter().map(|&a| shape[a]).collect();
         let mut out = vec![false; out_shape.iter().product()];
-        for flat in 0..n {
+        for (flat, &x) in data.iter().enumerate().take(shape.iter().product()) {
             let mut idx = vec![0; shape.len()];
             let mut r = flat;
             for k in (0..shape.len()).rev() {
@@ -260,7 +261,7 @@ mod tests {
             for (k, &a) in keep.iter().enumerate() {
                 cell = cell * out_shape[k] + idx[a];
             }
-            out[cell] |= data[flat] != 0.0;
+            out[cell] |= x != 0.0;
         }
         out
     }
@@ -271,7 +272,7 @@ mod tests {
         let shapes: &[&[usize]] = &[&[4, 5], &[3, 4, 5], &[2, 3, 1, 4], &[6], &[2, 0, 3]];
         for shape in shapes {
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| if rng.next() % 5 == 0 { 1.5 } else { 0.0 }).collect();
+            let data: Vec<f32> = (0..n).map(|_| if rng.next().is_multiple_of(5) { 1.5 } else { 0.0 }).collect();
             let strides = c_strides(shape);
             let view = TensorView::from_slice(&data, shape, &strides, 0).unwrap();
             let nd = shape.len();
@@ -300,7 +301,7 @@ mod tests {
     fn nonzero_along_walks_transposed_and_negative_strides() {
         // a 3x4 matrix stored transposed, with one non-zero at logical [2, 1]
         let mut data = vec![0f32; 12];
-        data[1 * 3 + 2] = -2.0; // column-major: element [i, j] at j*3 + i
+        data[3 + 2] = -2.0; // column-major: element [i, j] at j*3 + i: [2, 1]
         let view = TensorView::from_slice(&data, &[3, 4], &[1, 3], 0).unwrap();
         assert_eq!(nonzero_along(&view, &[0], 0.0).unwrap().values, vec![false, false, true]);
         assert_eq!(nonzero_along(&view, &[1], 0.0).unwrap().values, vec![false, true, false, false]);
@@ -339,9 +340,17 @@ mod tests {
         assert_eq!(group_passes(2), 2);
     }
 
+    #[test]
+    fn impossible_sizes_are_errors_not_aborts() {
+        assert!(group_codes(usize::MAX / 2).is_err());
+        assert!(group_codes(1 << 50).is_err());
+        let hits = vec![false; group_passes(1 << 50) * 4];
+        assert!(group_decode(&hits, 1 << 50, 4).is_err());
+    }
+
     /// The hits the group passes would see for a given true mask (row-major [n_out, n_in]).
     fn simulate(mask: &[bool], n_out: usize, n_in: usize) -> Vec<bool> {
-        let codes = group_codes(n_out);
+        let codes = group_codes(n_out).unwrap();
         let passes = group_passes(n_out);
         let mut hits = vec![false; passes * n_in];
         for p in 0..passes {
@@ -359,7 +368,7 @@ mod tests {
             for _ in 0..5 {
                 let mut mask = vec![false; n_out * n_in];
                 for j in 0..n_in {
-                    if rng.next() % 4 != 0 {
+                    if !rng.next().is_multiple_of(4) {
                         let i = rng.next() as usize % n_out;
                         mask[i * n_in + j] = true;
                     }
@@ -376,7 +385,7 @@ mod tests {
         let mut rng = Lcg(11);
         let (n_out, n_in) = (16, 12);
         for _ in 0..50 {
-            let mask: Vec<bool> = (0..n_out * n_in).map(|_| rng.next() % 9 == 0).collect();
+            let mask: Vec<bool> = (0..n_out * n_in).map(|_| rng.next().is_multiple_of(9)).collect();
             let d = group_decode(&simulate(&mask, n_out, n_in), n_out, n_in).unwrap();
             for j in 0..n_in {
                 let reach = (0..n_out).filter(|&i| mask[i * n_in + j]).count();

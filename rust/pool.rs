@@ -40,13 +40,16 @@ pub fn set_num_threads(n: usize) {
     }
 }
 
+/// The threads a pass uses: the number set, at most 4 per core (a pass over memory gains nothing
+/// from more, and a pool of 100000 threads would take minutes to start); 0 means one per core.
 pub fn num_threads() -> usize {
     if FORKED.load(Ordering::Relaxed) {
         return 1;
     }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        n => n,
+        0 => cores,
+        n => n.min(4 * cores),
     }
 }
 
@@ -90,6 +93,15 @@ pub fn map_collect<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_count_is_capped() {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        set_num_threads(1_000_000);
+        assert_eq!(num_threads(), 4 * cores);
+        set_num_threads(0);
+        assert_eq!(num_threads(), cores);
+    }
 
     #[test]
     fn map_reduce_keeps_index_order() {

@@ -226,13 +226,13 @@ impl ToF32 for F16 {
     }
 }
 
-kernels512!(block_f32, f32, |q| _mm512_loadu_ps(q as *const f32));
+kernels512!(block_f32, f32, |q| _mm512_loadu_ps(q));
 kernels512!(block_bf16, BF16, |q| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
     _mm256_loadu_si256(q as *const __m256i)
 ))));
 kernels512!(block_f16, F16, |q| _mm512_cvtph_ps(_mm256_loadu_si256(q as *const __m256i)));
 
-hist512!(hist_f32, f32, |q| _mm512_loadu_ps(q as *const f32));
+hist512!(hist_f32, f32, |q| _mm512_loadu_ps(q));
 hist512!(hist_bf16, BF16, |q| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
     _mm256_loadu_si256(q as *const __m256i)
 ))));

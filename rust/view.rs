@@ -24,7 +24,7 @@ impl<'a> TensorView<'a> {
     /// # Safety
     /// For 'a, every element `ptr + sum(i_k * strides_elems[k]) * itemsize` with
     /// `0 <= i_k < shape[k]` must be readable memory holding a valid value of `dtype`
-    /// (any bit pattern is valid for every dtype but Bool, which is read as u8).
+    /// (any bit pattern is valid for every dtype: Bool is read as a byte, `!= 0`).
     pub unsafe fn from_raw(ptr: *const u8, dtype: DType, shape: Vec<usize>, strides_elems: Vec<isize>) -> Result<Self> {
         if shape.len() != strides_elems.len() {
             return Err(Error::Layout(format!(
@@ -33,6 +33,7 @@ impl<'a> TensorView<'a> {
         }
         let view = TensorView { ptr, dtype, shape, strides_elems, _borrow: PhantomData };
         view.extent()?; // overflow check of every reachable offset
+        view.checked_numel()?; // and of the element count, which the statistics count in a u64
         Ok(view)
     }
 
@@ -48,6 +49,7 @@ impl<'a> TensorView<'a> {
         if shape.len() != strides_elems.len() {
             return Err(Error::Layout("shape and strides have different lengths".into()));
         }
+        view.checked_numel()?;
         if let Some((lo, hi)) = view.extent()? {
             let lo = offset as isize + lo;
             let hi = offset as isize + hi;
@@ -75,6 +77,13 @@ impl<'a> TensorView<'a> {
 
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The element count, or a `Layout` error where it does not fit in a usize.
+    pub fn checked_numel(&self) -> Result<usize> {
+        self.shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n)).ok_or_else(|| {
+            Error::Layout(format!("shape {:?} has more elements than the address space", self.shape))
+        })
     }
 
     /// The lowest and highest element offsets reached, or None when the view is empty.
@@ -151,7 +160,7 @@ impl Walk {
                 dims.push((n, s));
             }
         }
-        dims.sort_by(|a, b| b.1.cmp(&a.1));
+        dims.sort_by_key(|d| std::cmp::Reverse(d.1));
         let mut merged: Vec<(usize, isize)> = Vec::with_capacity(dims.len());
         for (n, s) in dims.into_iter().rev() {
             // walking from the innermost: merge an outer axis whose stride spans the inner run exactly
@@ -239,7 +248,7 @@ mod tests {
         ];
         for (shape, strides) in cases {
             let w = Walk::new(shape, strides);
-            let mut got: Vec<isize> = offsets(&w).iter().flat_map(|&o| std::iter::repeat(o).take(w.repeat as usize)).collect();
+            let mut got: Vec<isize> = offsets(&w).iter().flat_map(|&o| std::iter::repeat_n(o, w.repeat as usize)).collect();
             let mut want = brute(shape, strides);
             got.sort();
             want.sort();

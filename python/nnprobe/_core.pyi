@@ -1,35 +1,71 @@
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "read_floor",
+    "stats",
+    "stats_array",
+    "stats_many",
+    "TensorStats",
+    "reshape_groups",
+    "Layout",
+    "group_codes",
+    "group_decode",
+    "mask_leaks",
+    "nonzero_along",
+    "duplicate_rows",
+    "overlap_rows",
+    "row_hashes",
+    "set_num_threads",
+    "get_num_threads",
+    "STATS_FIELDS",
+    "HIST_LO",
+    "HIST_BINS",
+]
 
 STATS_FIELDS: list[str]
 HIST_LO: int
 HIST_BINS: int
 
+@final
 class TensorStats:
-    count: int
-    nan: int
-    inf: int
-    zeros: int
-    min: float
-    max: float
-    mean: float
-    std: float
-    l2: float
-    absmax: float
-    absmean: float
-    dtype: str
+    @property
+    def count(self) -> int: ...
+    @property
+    def nan(self) -> int: ...
+    @property
+    def inf(self) -> int: ...
+    @property
+    def zeros(self) -> int: ...
+    @property
+    def min(self) -> float: ...
+    @property
+    def max(self) -> float: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def std(self) -> float: ...
+    @property
+    def l2(self) -> float: ...
+    @property
+    def absmax(self) -> float: ...
+    @property
+    def absmean(self) -> float: ...
+    @property
+    def dtype(self) -> str: ...
     @property
     def hist_counts(self) -> npt.NDArray[np.uint64] | None: ...
     @property
     def hist_edges(self) -> npt.NDArray[np.float64] | None: ...
     def as_dict(self) -> dict[str, Any]: ...
 
+@final
 class Layout:
-    def __init__(
-        self, shape: Sequence[int], strides: Sequence[int], itemsize: int, offset: int = 0, dtype: str | None = None
-    ) -> None: ...
+    def __new__(
+        cls, shape: Sequence[int], strides: Sequence[int], itemsize: int, offset: int = 0, dtype: str | None = None
+    ) -> Layout: ...
     @property
     def shape(self) -> list[int]: ...
     @property
@@ -48,6 +84,8 @@ class Layout:
     def dense(self) -> bool: ...
     @property
     def overlapping(self) -> bool: ...
+    @property
+    def overlap(self) -> Literal["no", "yes", "maybe"]: ...
     @property
     def footprint_bytes(self) -> int: ...
     def can_view(self, shape: Sequence[int]) -> bool: ...

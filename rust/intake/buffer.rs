@@ -68,6 +68,12 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
     let guard = BufferGuard(raw);
     let b = &*guard.0;
     let itemsize = usize::try_from(b.itemsize).map_err(|_| Error::Internal("negative itemsize".into()))?;
+    if itemsize == 0 {
+        return Err(Error::Dtype(format!(
+            "{} has elements of 0 bytes (an empty structured dtype?): nothing to read; use a dtype with at least one field",
+            super::type_name(obj)
+        )));
+    }
     let format = if b.format.is_null() {
         "B".to_string()
     } else {
@@ -78,21 +84,26 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
     let ndim = usize::try_from(b.ndim).map_err(|_| Error::Internal("negative ndim".into()))?;
     // SAFETY: with PyBUF_STRIDES the exporter fills shape and strides with ndim entries (or
     // leaves them null for a 0-d buffer).
-    let (shape, strides_bytes): (Vec<isize>, Vec<isize>) = unsafe {
+    let (shape, strides_bytes): (Vec<isize>, Option<Vec<isize>>) = unsafe {
         if ndim == 0 || b.shape.is_null() {
-            (vec![], vec![])
+            (vec![], Some(vec![]))
         } else {
             let shape = std::slice::from_raw_parts(b.shape, ndim).to_vec();
-            let strides = if b.strides.is_null() {
-                let mut s = vec![itemsize as isize; ndim];
-                for d in (0..ndim.saturating_sub(1)).rev() {
-                    s[d] = s[d + 1] * shape[d + 1];
-                }
-                s
-            } else {
-                std::slice::from_raw_parts(b.strides, ndim).to_vec()
-            };
+            let strides = if b.strides.is_null() { None } else { Some(std::slice::from_raw_parts(b.strides, ndim).to_vec()) };
             (shape, strides)
+        }
+    };
+    let strides_bytes: Vec<isize> = match strides_bytes {
+        Some(s) => s,
+        None => {
+            // no strides: compact row-major, checked
+            let mut s = vec![itemsize as isize; shape.len()];
+            for d in (0..shape.len().saturating_sub(1)).rev() {
+                s[d] = s[d + 1].checked_mul(shape[d + 1].max(0)).ok_or_else(|| {
+                    Error::Layout(format!("shape {shape:?} has more bytes than the address space"))
+                })?;
+            }
+            s
         }
     };
     let mut strides_elems = Vec::with_capacity(ndim);

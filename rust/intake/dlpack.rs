@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use std::ffi::{c_void, CStr};
 
 #[repr(C)]
@@ -90,6 +91,83 @@ fn dtype_of(dt: &DLDataType) -> Result<DType> {
     }
 }
 
+/// The dtypes of torch that DLPack exports as what they are, by torch's name for them.
+const TORCH_READABLE: [&str; 13] = [
+    "float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+    "uint64", "bool",
+];
+
+/// `torch.dtype` and the readable dtype objects, looked up once torch is imported (never imported
+/// here: an object can only be a torch tensor once someone else has imported torch).
+struct TorchDtypes {
+    dtype_class: Py<PyAny>,
+    readable: Vec<Py<PyAny>>,
+}
+
+static TORCH_DTYPES: PyOnceLock<TorchDtypes> = PyOnceLock::new();
+
+fn torch_dtypes(py: Python<'_>) -> Option<&TorchDtypes> {
+    if let Some(t) = TORCH_DTYPES.get(py) {
+        return Some(t);
+    }
+    let torch = py.import("sys").and_then(|s| s.getattr("modules")).and_then(|m| m.get_item("torch")).ok()?;
+    let dtype_class = torch.getattr("dtype").ok()?.unbind();
+    let readable = TORCH_READABLE.iter().filter_map(|n| torch.getattr(*n).ok().map(|d| d.unbind())).collect();
+    let _ = TORCH_DTYPES.set(py, TorchDtypes { dtype_class, readable });
+    TORCH_DTYPES.get(py)
+}
+
+/// Refuses a torch tensor whose dtype the core would not read as what it means, before anything
+/// is exported: quantized tensors (their bytes are not their values), complex ones, float8 and
+/// float4, and the shell dtypes (`torch.uint4`, `torch.bits8`...) that DLPack would hand over as
+/// plain bytes. Other DLPack producers are judged by the DLPack type code alone.
+fn check_torch_dtype(obj: &Bound<'_, PyAny>) -> Result<()> {
+    let py = obj.py();
+    let Ok(dtype) = obj.getattr(intern!(py, "dtype")) else {
+        return Ok(());
+    };
+    // the common case without building a string: a readable torch dtype, or no torch dtype at all
+    if let Some(t) = torch_dtypes(py) {
+        if t.readable.iter().any(|d| d.bind(py).is(&dtype)) || !dtype.is_instance(t.dtype_class.bind(py)).unwrap_or(false) {
+            return Ok(());
+        }
+    }
+    let Ok(dtype) = dtype.str().map(|s| s.to_string()) else {
+        return Ok(());
+    };
+    let Some(name) = dtype.strip_prefix("torch.") else {
+        return Ok(());
+    };
+    if TORCH_READABLE.contains(&name) {
+        return Ok(());
+    }
+    let quantized = obj.getattr(intern!(py, "is_quantized")).and_then(|q| q.is_truthy()).unwrap_or(false);
+    Err(Error::Dtype(if quantized || name.starts_with("qint") || name.starts_with("quint") {
+        format!("quantized tensors ({dtype}) store codes, not values: pass x.dequantize() (or x.int_repr() for the stored integers)")
+    } else if name.starts_with("complex") {
+        format!("complex tensors ({dtype}) are not supported: pass x.real, x.imag or x.abs()")
+    } else if name.starts_with("float8") || name.starts_with("float4") {
+        format!("{dtype} is not supported: convert with x.float()")
+    } else {
+        format!(
+            "{dtype} is not supported (nnprobe reads float16, bfloat16, float32, float64, signed and unsigned \
+             integers and bool): convert with x.float(), or x.view(torch.uint8) for the raw bytes"
+        )
+    }))
+}
+
+/// The strides (elements) of a compact row-major tensor, checked.
+fn row_major(shape: &[usize]) -> Result<Vec<isize>> {
+    let mut s = vec![1isize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = isize::try_from(shape[d + 1].max(1))
+            .ok()
+            .and_then(|n| s[d + 1].checked_mul(n))
+            .ok_or_else(|| Error::Layout(format!("shape {shape:?} has more elements than the address space")))?;
+    }
+    Ok(s)
+}
+
 fn describe(obj: &Bound<'_, PyAny>) -> String {
     let name = super::type_name(obj);
     let extra = ["dtype", "device", "layout"]
@@ -129,15 +207,39 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
             obj = d;
         }
     }
+    check_torch_dtype(&obj)?;
+    // torch's negative bit is lazy: the memory holds x while the tensor means -x (`z.conj().imag`,
+    // `x._neg_view()`). DLPack hands over the memory as it is (torch exports a negative view
+    // without a word), so such a view is resolved first: a copy, for such views only. Never a
+    // figure of the wrong sign. (The conjugate bit only exists on complex tensors, refused above.)
+    let negative = match obj.getattr(intern!(py, "is_neg")) {
+        Ok(f) => f.call0().and_then(|v| v.is_truthy()).map_err(|e| {
+            Error::Input(format!("{}.is_neg() failed ({e}); pass a plain tensor, e.g. x.clone()", describe(&obj)))
+        })?,
+        Err(_) => false, // not a torch tensor: no such bit
+    };
+    if negative {
+        obj = obj.call_method0(intern!(py, "resolve_neg")).map_err(|e| {
+            Error::Input(format!("{}.resolve_neg() failed ({e}); pass x.clone() instead", describe(&obj)))
+        })?;
+    }
     let capsule = obj.call_method0(intern!(py, "__dlpack__")).map_err(|e| {
         let sparse = obj.getattr("is_sparse").and_then(|v| v.is_truthy()).unwrap_or(false)
-            || obj.getattr("layout").and_then(|v| v.str()).map(|s| s.to_string() != "torch.strided").unwrap_or(false);
-        let hint = if sparse { "sparse tensors have no strided data: pass x.to_dense()" } else { "pass x.detach().cpu().contiguous()" };
+            || obj.getattr("layout").and_then(|v| v.str()).map(|s| s != "torch.strided").unwrap_or(false);
+        let nested = obj.getattr("is_nested").and_then(|v| v.is_truthy()).unwrap_or(false);
+        let hint = if nested {
+            "nested tensors have no single strided buffer: pass the tensors of x.unbind() to stats_many"
+        } else if sparse {
+            "sparse tensors have no strided data: pass x.to_dense()"
+        } else {
+            "pass x.detach().cpu().contiguous()"
+        };
         Error::Input(format!("{} could not be exported through DLPack ({e}); {hint}", describe(&obj)))
     })?;
     // SAFETY: capsule is a live object; PyCapsule_GetName returns its name or null.
     let name_ptr = unsafe { ffi::PyCapsule_GetName(capsule.as_ptr()) };
     if name_ptr.is_null() {
+        // SAFETY: attached to the interpreter (we hold `py`); clears the error GetName set.
         unsafe { ffi::PyErr_Clear() };
         return Err(Error::Input(format!("__dlpack__ of {} did not return a capsule", describe(&obj))));
     }
@@ -179,15 +281,8 @@ pub(crate) fn borrow(obj: &Bound<'_, PyAny>) -> Result<Borrowed> {
         .map(|&n| usize::try_from(n).map_err(|_| Error::Layout(format!("negative size in shape {shape_i:?}"))))
         .collect::<Result<_>>()?;
     let strides_elems: Vec<isize> = match strides {
-        Some(s) => s.into_iter().map(|v| v as isize).collect(),
-        None => {
-            // null strides: compact row-major (DLPack < 1.0)
-            let mut s = vec![1isize; ndim];
-            for d in (0..ndim.saturating_sub(1)).rev() {
-                s[d] = s[d + 1] * shape[d + 1].max(1) as isize;
-            }
-            s
-        }
+        Some(s) => s.into_iter().map(|v| v as isize).collect(), // isize is i64 on every target nnprobe builds for
+        None => row_major(&shape)?, // null strides: compact row-major (DLPack < 1.0)
     };
     let ptr = (tensor.data as *const u8).wrapping_add(tensor.byte_offset as usize);
     Ok(Borrowed { _keep: Keepalive::Capsule(capsule.unbind()), ptr, dtype, shape, strides_elems })
