@@ -6,8 +6,8 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -43,7 +43,8 @@ def machine() -> str:
 
 def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     """Replaces (or appends) the section `## title` of RESULTS.md, leaving the others alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nMeasured by the scripts in this folder; each section says the command that made it.\n"
+    head = "# Benchmark results\n\nMeasured by the scripts in this folder; each section says the command that made it.\n"
+    text = path.read_text() if path.exists() else head
     section = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):

@@ -16,9 +16,8 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 import nnprobe
+import numpy as np
 from nnprobe import _core
 
 

@@ -16,12 +16,11 @@ import statistics
 import sys
 import time
 
+import nnprobe
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
 from nnprobe import _core
 
 

@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import nnprobe  # noqa: E402
-from nnprobe import _core  # noqa: E402
 from _results import interleaved, machine, write_section  # noqa: E402
+from nnprobe import _core  # noqa: E402
 
 
 def numpy_stats(x: np.ndarray) -> dict:
@@ -82,19 +82,20 @@ def main() -> None:
         for threads in (1, threads_all):
             nnprobe.set_num_threads(threads)
             torch.set_num_threads(threads)
+            # each lambda binds this size's buffers: they are called before the loop moves on
             variants = {
-                "floor": lambda: _core.read_floor(a),
-                "stats": lambda: nnprobe.stats(a),
-                "stats+hist": lambda: nnprobe.stats(a, hist=True),
-                "torch contiguous": lambda: nnprobe.stats(t),
-                "torch contiguous+hist": lambda: nnprobe.stats(t, hist=True),
-                "transposed": lambda: nnprobe.stats(tt),
-                "bf16": lambda: nnprobe.stats(bf),
-                "bf16+hist": lambda: nnprobe.stats(bf, hist=True),
+                "floor": lambda a=a: _core.read_floor(a),
+                "stats": lambda a=a: nnprobe.stats(a),
+                "stats+hist": lambda a=a: nnprobe.stats(a, hist=True),
+                "torch contiguous": lambda t=t: nnprobe.stats(t),
+                "torch contiguous+hist": lambda t=t: nnprobe.stats(t, hist=True),
+                "transposed": lambda tt=tt: nnprobe.stats(tt),
+                "bf16": lambda bf=bf: nnprobe.stats(bf),
+                "bf16+hist": lambda bf=bf: nnprobe.stats(bf, hist=True),
             }
             if threads == 1:  # NumPy's reductions are single-threaded; compare like with like
-                variants["numpy"] = lambda: numpy_stats(a)
-                variants["torch"] = lambda: torch_stats(t)
+                variants["numpy"] = lambda a=a: numpy_stats(a)
+                variants["torch"] = lambda t=t: torch_stats(t)
             med = interleaved(variants, rounds=args.rounds)
             gbps = n * 4 / med["floor"] / 1e9
             row = dict(size=size_s, threads=threads, gbps=gbps, **med)
@@ -114,7 +115,8 @@ def main() -> None:
         "memory against the contiguous time. Those two ratios compare torch tensors with torch tensors "
         "(both through DLPack); the bandwidth columns use the NumPy array (buffer protocol).",
         "",
-        "| size | threads | read GB/s | stats / bandwidth | +hist / bandwidth | transposed / contiguous | bf16 / f32 per element | bf16+hist / f32+hist | vs NumPy | vs torch |",
+        "| size | threads | read GB/s | stats / bandwidth | +hist / bandwidth | transposed / contiguous "
+        "| bf16 / f32 per element | bf16+hist / f32+hist | vs NumPy | vs torch |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

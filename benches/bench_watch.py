@@ -37,7 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,8 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import nnprobe  # noqa: E402
-from nnprobe import _core  # noqa: E402
 from _results import machine, write_section  # noqa: E402
+from nnprobe import _core  # noqa: E402
 
 
 # --------------------------------------------------------------------------------- workloads
@@ -383,14 +384,15 @@ def main() -> None:
                          | {c: round(res["ratio " + c], 3) for c in CONFIGS if c in res and c != "bare"}), flush=True)
 
     load = os.getloadavg()
-    cmd = "python benches/bench_watch.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only != "mlp,cnn,gpt" else "")
+    cmd = ("python benches/bench_watch.py" + (" --quick" if args.quick else "")
+           + (f" --only {args.only}" if args.only != "mlp,cnn,gpt" else ""))
     head = ("| workload | bare ms/step | watch default | watch every=1 | wandb log=all | TB histograms | sampled (default) "
             "| core / floor | core, histogram step | every=1 extra / floor | peak RSS default / every=1 |")
     table = [head, "|" + "---|" * 11]
     for ln in rows:
         res = ln["res"]
         b = res["bare"]
-        ratio = lambda c: f"{res['ratio ' + c]:.3f}x" if c in res else "-"  # noqa: E731
+        ratio = lambda c, res=res: f"{res['ratio ' + c]:.3f}x" if c in res else "-"
         extra = (res["watch every=1"] - b) * 1e3
         rss = ln.get("rss")
         mem = f"{rss['watch default'] / rss['bare']:.3f}x / {rss['watch every=1'] / rss['bare']:.3f}x" if rss else "-"
@@ -410,7 +412,8 @@ def main() -> None:
         "loop timed in their own phase: their background writers would slow whatever runs next). "
         "`core / floor`: time inside the core's passes on a sampled step (median; steps without histograms) against "
         "reading the watched bytes once at the read bandwidth; `core, histogram step`: the same on the one sampled "
-        "step in ten that also takes histograms of activations and gradients. `every=1 extra`: what statistics on every step add to a step, against the same floor. "
+        "step in ten that also takes histograms of activations and gradients. `every=1 extra`: what statistics on "
+        "every step add to a step, against the same floor. "
         "Peak RSS: a fresh process per configuration.",
         "",
         *table,

@@ -1,9 +1,8 @@
 """A tour of nnprobe's Rust-backed primitives on real torch tensors and NumPy arrays."""
 
+import nnprobe
 import numpy as np
 import torch
-
-import nnprobe
 
 torch.manual_seed(0)
 w = torch.randn(512, 256)

@@ -5,13 +5,12 @@ unscaled gradients, and gradient accumulation is not taken for skips."""
 
 from __future__ import annotations
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
 
 FIELDS = ("count", "zeros", "min", "max", "mean", "std", "l2", "absmax", "absmean")
 

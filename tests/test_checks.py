@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import pytest
-
 from nnprobe.checks.judge import Judge
-from nnprobe.figures import C, DEAD, NF, RATIO, SATURATED, Event, Plan, Rows, Sampled, StepFigures
+from nnprobe.figures import DEAD, NF, RATIO, SATURATED, C, Event, Plan, Rows, Sampled, StepFigures
 
 
 def plan(*rows, sensitive=()):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from nnprobe import demo
 from nnprobe.report.logfile import log_files
 

@@ -5,12 +5,11 @@ found on it as on the eager model. aot_eager keeps the compile time small on a C
 
 from __future__ import annotations
 
+import nnprobe
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
 from fixtures import models as Z
 
 

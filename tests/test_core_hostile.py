@@ -10,16 +10,15 @@ import subprocess
 import sys
 import warnings
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_stats import assert_matches, reference
-
-import nnprobe
 from nnprobe.errors import DtypeError, InputError, LayoutError
+from test_stats import assert_matches, reference
 
 
 def quantized(x, dtype):
@@ -171,9 +170,11 @@ def test_stats_of_enormous_overlapping_and_expanded_views_are_exact_and_quick():
 
 # --- property tests: every dtype, shape and stride against a float64 NumPy oracle ---------------
 
-READABLE = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+READABLE = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+            torch.float16, torch.bfloat16, torch.float32, torch.float64]
 READABLE += [getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)]
-REFUSED = [torch.complex64, torch.complex128] + [getattr(torch, n) for n in ("complex32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, n)]
+REFUSED = [torch.complex64, torch.complex128] + [
+    getattr(torch, n) for n in ("complex32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, n)]
 QUANTIZED = [torch.qint8, torch.quint8, torch.qint32]
 
 FLOATS = st.one_of(
@@ -199,7 +200,10 @@ def torch_values(draw, dtype, shape):
         vals = draw(hnp.arrays(np.float64, n, elements=FLOATS))
         with np.errstate(over="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # complex32 is "experimental"
-            t = torch.from_numpy(vals).to(dtype) if not dtype.is_complex else torch.complex(torch.from_numpy(vals), torch.from_numpy(vals[::-1].copy())).to(dtype)
+            if dtype.is_complex:
+                t = torch.complex(torch.from_numpy(vals), torch.from_numpy(vals[::-1].copy())).to(dtype)
+            else:
+                t = torch.from_numpy(vals).to(dtype)
     elif dtype == torch.bool:
         t = torch.from_numpy(draw(hnp.arrays(np.bool_, n)))
     else:

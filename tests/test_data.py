@@ -1,16 +1,15 @@
 """inspect_data(): each data problem planted and fixed, on sklearn's bundled digits and generated
 data; figures against NumPy float64, duplicates and overlap against brute force."""
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nnprobe import _core
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-
-import nnprobe
-from nnprobe import _core
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,15 @@ and group methods against each other and against brute-force perturbation."""
 
 import math
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from checks_zoo import CausalConv, TimeMajorMixer, TinyGPT, small_cnn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import nnprobe
 from nnprobe import _core
-from checks_zoo import CausalConv, TimeMajorMixer, TinyGPT, small_cnn
 
 
 def perturbation_mask(f, x, dim=0, out_dim=0):

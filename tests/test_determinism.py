@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fixtures import models as Z
 from nnprobe.runtime import Probe
 

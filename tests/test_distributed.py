@@ -10,11 +10,10 @@ import os
 import socket
 import time
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
-
-import nnprobe
 from fixtures import models as Z
 from nnprobe.report.logfile import log_files
 

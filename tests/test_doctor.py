@@ -1,13 +1,12 @@
 """doctor(): the recipe's stages in order, silent on a clean setup, each planted mistake reported by
 its stage; the watched run with the real nnprobe.watch (and a stand-in recording how it is used)."""
 
+import nnprobe
 import pytest
 import torch
 import torch.nn as nn
-
-import nnprobe
-from nnprobe import Finding
 from checks_zoo import TimeMajorMixer
+from nnprobe import Finding
 
 STAGES = ["data", "lint", "init", "gradients", "batch independence", "overfit one batch", "watched run"]
 

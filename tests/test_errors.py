@@ -1,10 +1,9 @@
 """Bad input gets a clear error naming what was passed and what to do; never a crash."""
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
-
-import nnprobe
 from nnprobe.errors import DeviceError, DtypeError, InputError, LayoutError, NnprobeError
 
 CASES = [

@@ -1,8 +1,7 @@
 """The catalogue: every code has an explanation with a source; Finding validates its fields."""
 
-import pytest
-
 import nnprobe
+import pytest
 from nnprobe.findings import CATALOGUE, Finding, Report
 
 SPEC_CODES = """loss-at-init zero-grad-missing eval-mode-training train-mode-eval probabilities-into-loss

@@ -17,11 +17,10 @@ import json
 import os
 import time
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
-
-import nnprobe
 from test_distributed import free_port
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")

@@ -3,13 +3,12 @@ each planted and fixed, figures checked against torch and NumPy float64."""
 
 import math
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
 from checks_zoo import mlp, small_cnn
 
 

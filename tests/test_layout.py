@@ -3,12 +3,11 @@
 import itertools
 import math
 
+import nnprobe
 import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import nnprobe
 
 
 @st.composite

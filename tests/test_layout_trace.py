@@ -1,14 +1,13 @@
 """trace_layout: axis provenance against a coordinate-coded oracle, and view-mixes-batch on the
 spec's cases, planted and fixed."""
 
+import nnprobe
 import numpy as np
 import pytest
+import torch
+from checks_zoo import TimeMajorMixer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
-
-import nnprobe
-from checks_zoo import TimeMajorMixer
 
 B, T, C = 4, 3, 5
 RADIX = 16

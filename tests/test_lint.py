@@ -1,13 +1,12 @@
 """lint(): each structural mistake planted and fixed; bias cancellation checked against torch by
 perturbing the bias; fx and hooks give the same answers; data-flow order, not registration order."""
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
 from checks_zoo import TimeMajorMixer, TinyGPT, mlp, small_cnn
 
 METHODS = ["fx", "hooks"]

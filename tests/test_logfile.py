@@ -10,13 +10,12 @@ import json
 import tempfile
 from pathlib import Path
 
+import nnprobe
 import pytest
 import torch
+from fixtures import models as Z
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import nnprobe
-from fixtures import models as Z
 from nnprobe import cli
 from nnprobe.report.logfile import LogError, log_files, pick_run, read_log, read_runs
 
@@ -165,7 +164,8 @@ json_values = st.recursive(
 )
 # values that no field of a record may hold (each field wants a number, string, list or object)
 wrong = {
-    "step": st.text() | st.floats() | st.booleans() | st.integers(max_value=-1) | st.integers(min_value=2**53 + 1) | st.lists(st.integers()),
+    "step": (st.text() | st.floats() | st.booleans() | st.integers(max_value=-1) | st.integers(min_value=2**53 + 1)
+             | st.lists(st.integers())),
     "type": st.integers() | st.lists(st.text(max_size=3)) | st.none(),
     "stats": st.lists(json_values) | st.text() | st.integers(),
     "losses": st.dictionaries(st.text(max_size=3), st.floats()) | st.lists(st.lists(st.integers(), max_size=1), min_size=1) | st.text(),

@@ -8,22 +8,20 @@ import math
 import subprocess
 import sys
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
-from nnprobe.runtime.hooks import snapshot
 from fixtures import models as Z
+from nnprobe.runtime.hooks import snapshot
 
 
 def nnprobe_modes():
     """The function modes nnprobe left on the stack (its loss tap): none once every probe closed."""
-    from torch.overrides import _get_current_function_mode_stack
-
     from nnprobe.runtime.loss_tap import FunctionTap
+    from torch.overrides import _get_current_function_mode_stack
 
     return [m for m in _get_current_function_mode_stack() if isinstance(m, FunctionTap)]
 
@@ -538,7 +536,7 @@ def test_closure_optimizer_lbfgs():
         for _ in range(5):
             x, y = next(data)
 
-            def closure():
+            def closure(x=x, y=y):
                 opt.zero_grad()
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()

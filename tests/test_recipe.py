@@ -2,12 +2,11 @@
 
 import random
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
-import nnprobe
 from checks_zoo import mlp
 
 

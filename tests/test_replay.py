@@ -45,8 +45,8 @@ def test_check_refuses_what_is_not_a_log(tmp_path, capsys):
 def test_replay_sees_every_step_figure_kind(tmp_path):
     """A run with learning-rate changes, events and a forced sample: the replayed figures equal
     the live ones field by field."""
-    from nnprobe.report.logfile import read_runs
     from nnprobe.replay import figures_of
+    from nnprobe.report.logfile import read_runs
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))

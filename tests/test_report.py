@@ -12,17 +12,16 @@ import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
-
-import nnprobe
 from nnprobe.findings import CATALOGUE
 from nnprobe.report import from_probe, load_log, render, save_mask
 from nnprobe.report.logfile import log_files
+from torch import nn
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import math
 
+import nnprobe
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import nnprobe
 from fixtures import models as Z
-
 
 
 def watched(model, opt, data, steps, *, every=1, give_loss=False, **kw):
@@ -202,7 +200,7 @@ def test_probabilities_into_bce_with_logits_planted_and_fixed():
     for bad in (True, False):
         model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
         loss = nn.BCEWithLogitsLoss()
-        fn = (lambda o, t: loss(torch.sigmoid(o).squeeze(1), t)) if bad else (lambda o, t: loss(o.squeeze(1), t))
+        fn = (lambda o, t, loss=loss: loss(torch.sigmoid(o).squeeze(1), t)) if bad else (lambda o, t, loss=loss: loss(o.squeeze(1), t))
         probe = watched(model, adam(model), data, 14, loss_fn=fn, every="auto")
         assert bool(found(probe, "probabilities-into-loss")) == bad
         if not bad:

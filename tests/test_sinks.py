@@ -12,10 +12,9 @@ import sys
 import textwrap
 import time
 
+import nnprobe
 import torch
 import torch.nn.functional as F
-
-import nnprobe
 from fixtures import models as Z
 from nnprobe.report.logfile import log_files, new_log_name, read_runs
 
@@ -65,7 +64,7 @@ def test_jsonl_log_is_complete(tmp_path):
     assert len(h) == 64 and sum(h) == act["count"] - act["zeros"]
     assert "0.weight" in first["hist"]["gradients"]
     # every step's loss is there, across the records
-    losses = [l for r in recs if r["type"] in ("step", "losses") for l in r["losses"]]
+    losses = [pair for r in recs if r["type"] in ("step", "losses") for pair in r["losses"]]
     assert [s for s, _ in losses] == list(range(12)) and all(v > 0 for _, v in losses)
     assert first["loss"] == losses[0][1]
     finds = [r for r in recs if r["type"] == "finding"]
@@ -140,7 +139,7 @@ def test_tensorboard_events_load_in_event_accumulator(tmp_path):
 def test_console_prints_one_line_per_finding(tmp_path, capsys):
     train_with_bug(tmp_path)
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if "nnprobe" in l]
+    lines = [line for line in err.splitlines() if "nnprobe" in line]
     assert len(lines) == 1 and "ERROR" in lines[0] and "probabilities-into-loss" in lines[0]
 
 

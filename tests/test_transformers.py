@@ -18,6 +18,8 @@ from torch.utils.data import Dataset
 
 transformers = pytest.importorskip("transformers")
 
+from nnprobe.integrations.transformers import GUARDED, REPORT_NAME, NnprobeCallback  # noqa: E402
+from nnprobe.runtime.hooks import snapshot  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
@@ -28,15 +30,11 @@ from transformers import (  # noqa: E402
 )
 from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
 
-from nnprobe.runtime.hooks import snapshot  # noqa: E402
-from nnprobe.integrations.transformers import GUARDED, REPORT_NAME, NnprobeCallback  # noqa: E402
-
 
 def nnprobe_modes():
     """The function modes nnprobe left on the stack (its loss tap): none once every probe closed."""
-    from torch.overrides import _get_current_function_mode_stack
-
     from nnprobe.runtime.loss_tap import FunctionTap
+    from torch.overrides import _get_current_function_mode_stack
 
     return [m for m in _get_current_function_mode_stack() if isinstance(m, FunctionTap)]
 

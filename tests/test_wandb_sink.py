@@ -26,7 +26,7 @@ from nnprobe.runtime.hooks import snapshot
 
 wandb = pytest.importorskip("wandb")
 
-from nnprobe.wandb_sink import NoActiveRunError
+from nnprobe.wandb_sink import NoActiveRunError  # noqa: E402 - after importorskip: without wandb the module is skipped
 
 KEYS = {"activations": ("mean", "std", "dead", "saturated"), "gradients": ("rms",), "updates": ("ratio",)}
 

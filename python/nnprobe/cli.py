@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"report: {page}")
     if len(results) > 1 or args.bug == "all":
         print("\n== summary: planted mistake -> expected finding -> caught?")
-        for label, want, codes, serious, ok in results:
+        for label, want, _codes, serious, ok in results:
             exp = ", ".join(sorted(want)) or "(nothing above info)"
             got = ", ".join(sorted(serious)) or "nothing above info"
             print(f"  {'ok ' if ok else 'MISS'} {label:14s} expects {exp:45s} raised: {got}")

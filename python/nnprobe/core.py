@@ -12,7 +12,8 @@ sum of squares, L2 the squared l2 norm, ABSMEAN the sum of magnitudes.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt

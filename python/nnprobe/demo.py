@@ -7,9 +7,9 @@ Everything is generated here (nothing is downloaded): a 10-class problem of 32 f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -103,8 +103,8 @@ def build(bug: str | None):
     torch.manual_seed(0)
     if bug == "view-permute" or bug == "view-permute-fixed":
         x, y = make_sequences()
-        model = SeqModel(buggy_view=bug == "view-permute")
-        return model, torch.optim.Adam(model.parameters(), lr=3e-3), nn.CrossEntropyLoss(), x, y
+        seq = SeqModel(buggy_view=bug == "view-permute")
+        return seq, torch.optim.Adam(seq.parameters(), lr=3e-3), nn.CrossEntropyLoss(), x, y
     x, y = make_data()
     model = MLP(
         act=nn.Tanh if bug == "saturated" else nn.ReLU,
@@ -193,7 +193,12 @@ def run(bug: str | None, out: Path, *, steps: int = 150, batch: int = 64, consol
     deps = nnprobe.check_batch_independence(model, x[:16])
     one_shot += deps.findings
     seen: set[tuple[str, str | None]] = set()  # lint and the layout trace both see a bad view
-    one_shot = [f for f in one_shot if (f.code, f.module) not in seen and not seen.add((f.code, f.module))]
+    unique = []
+    for f in one_shot:
+        if (f.code, f.module) not in seen:
+            seen.add((f.code, f.module))
+            unique.append(f)
+    one_shot = unique
     out.mkdir(parents=True, exist_ok=True)
     # every=3 rather than "auto": a demo wants dense plots more than the last percent of speed
     probe = nnprobe.watch(model, optimizer=opt, every=3, log_dir=out / "log", console=console if console is not None else True)
@@ -205,7 +210,7 @@ def run(bug: str | None, out: Path, *, steps: int = 150, batch: int = 64, consol
     try:
         with probe:
             train(model, opt, loss_fn, x, y, bug=bug, steps=steps, batch=batch, probe=probe,
-                  on_step=(lambda s, l: (bar.update(1), bar.set_postfix(loss=f"{l:.3f}")) if bar else None))
+                  on_step=(lambda s, value: (bar.update(1), bar.set_postfix(loss=f"{value:.3f}")) if bar else None))
     finally:
         if bar is not None:
             bar.close()

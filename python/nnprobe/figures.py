@@ -72,7 +72,7 @@ class Rows:
         ]
 
     @classmethod
-    def from_described(cls, described: list[dict[str, Any]]) -> "Rows":
+    def from_described(cls, described: list[dict[str, Any]]) -> Rows:
         rows = cls()
         for d in described:
             meta = {k: v for k, v in d.items() if k not in ("name", "kind", "module", "type", "param")}
@@ -103,7 +103,7 @@ class Plan:
                 "groups": self.groups, "sensitive": list(self.sensitive)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Plan":
+    def from_json(cls, d: dict[str, Any]) -> Plan:
         return cls(Rows.from_described(list(d.get("rows", []))), {str(n): str(t) for n, t in d.get("modules", [])},
                    int(d.get("groups", 0)), [str(s) for s in d.get("sensitive", [])])
 
@@ -181,7 +181,7 @@ class StepFigures:
         return out
 
     @classmethod
-    def from_json(cls, step: int, d: dict[str, Any], lrs: tuple[float, ...] | None) -> "StepFigures":
+    def from_json(cls, step: int, d: dict[str, Any], lrs: tuple[float, ...] | None) -> StepFigures:
         figs = cls(step)
         raw = d.get("lrs")
         figs.lrs = tuple(math.nan if v is None else float(v) for v in raw) if isinstance(raw, list) else lrs

@@ -7,8 +7,9 @@ numbers in each finding's message and `data`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 SEVERITIES = ("error", "warning", "info")
 

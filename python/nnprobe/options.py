@@ -11,7 +11,7 @@ class Every(StrEnum):
     AUTO = "auto"
 
     @classmethod
-    def parse(cls, every: int | str) -> "int | Every":
+    def parse(cls, every: int | str) -> int | Every:
         if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
             return every
         if isinstance(every, str) and every in cls._value2member_map_:
@@ -28,7 +28,7 @@ class DeviceStats(StrEnum):
     COPY = "copy"
 
     @classmethod
-    def parse(cls, value: str) -> "DeviceStats":
+    def parse(cls, value: str) -> DeviceStats:
         if isinstance(value, str) and value in cls._value2member_map_:
             return cls(value)
         raise ValueError(f"device_stats must be one of {tuple(m.value for m in cls)}, got {value!r}")

@@ -43,7 +43,9 @@ from typing import Any
 import numpy as np
 
 from . import core
-from .figures import FIELDS, Plan, Rows, jsonable as _jsonable, num as _num, num32
+from .figures import FIELDS, Plan, Rows, num32
+from .figures import jsonable as _jsonable
+from .figures import num as _num
 from .findings import Finding
 from .report.logfile import new_log_name
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NnprobeError
-from .findings import Finding
 from . import core
+from .errors import NnprobeError
 from .figures import Plan, Rows
+from .findings import Finding
 from .sinks import Sink, row_scalars
 
 PREFIX = "nnprobe"

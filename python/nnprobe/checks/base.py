@@ -4,12 +4,13 @@ which figures wake it, and the run's context (the plan, the order modules run in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..figures import C, ROOT, Plan, StepFigures
+from ..figures import ROOT, C, Plan, StepFigures
 
 
 @dataclass

@@ -3,8 +3,8 @@ per (code, module), with the step it was first raised and how many times it was.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 from ..figures import Plan, StepFigures
 from ..findings import CATALOGUE, Finding

@@ -12,9 +12,9 @@ from .loss.clipped import LossClipped
 from .loss.input_format import LossInputFormat
 from .loss.no_validation import NoValidation
 from .loss.not_decreasing import LossNotDecreasing
-from .loss.spike import LossSpike
 from .loss.overfitting import Overfitting
 from .loss.scale_mismatch import LossScaleMismatch
+from .loss.spike import LossSpike
 from .modes.eval_mode_training import EvalModeTraining
 from .modes.train_mode_eval import TrainModeEval
 from .optimizer.lr_schedule import LrSchedule

@@ -26,7 +26,7 @@ class NnprobeCallback(pl.Callback):
         self.watch_kwargs = watch_kwargs
         self.probe: Any = None
 
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.probe = nnprobe.watch(pl_module, optimizer=optimizer, **self.watch_kwargs)
 

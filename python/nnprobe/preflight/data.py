@@ -105,9 +105,9 @@ def _read(data: Any, max_samples: int | None, progress: bool | None, what: str) 
     if isinstance(data, torch.utils.data.TensorDataset):
         ts = data.tensors
         x = _to_numpy(ts[0])
-        y = _to_numpy(ts[1]) if len(ts) > 1 else None
+        targets = _to_numpy(ts[1]) if len(ts) > 1 else None
         n = len(x) if max_samples is None else min(len(x), max_samples)
-        return _Split(x[:n], None if y is None else y[:n], "arrays")
+        return _Split(x[:n], None if targets is None else targets[:n], "arrays")
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         n = len(data) if max_samples is None else min(len(data), max_samples)
         if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
@@ -210,7 +210,7 @@ class DataReport(Report):
             counts = sorted(self.class_counts.items())
             shown = ", ".join(f"{k}: {v}" for k, v in counts[:10]) + (", ..." if len(counts) > 10 else "")
             out.append(f"classes ({len(counts)}): {shown}")
-        if self.target_mean is not None:
+        if self.target_mean is not None and self.target_std is not None:
             out.append(f"regression targets: mean {_short(self.target_mean)}, std {_short(self.target_std)}")
         if self.feature_mean.size:
             what = "feature" if self.feature_axis == 1 and len(self.sample_shape) == 1 else "channel"
@@ -278,7 +278,7 @@ def inspect_data(data: Any, *, test: Any = None, max_samples: int | None = None,
     # per-feature / per-channel statistics
     xf = x.reshape(len(x), -1) if x.ndim > 1 else x.reshape(-1, 1)
     is_float = np.issubdtype(x.dtype, np.floating)
-    axis = _channel_axis(x.shape) if x.ndim >= 2 else 1
+    axis = _channel_axis(x.shape) or 1  # 1 for a flat array too (one feature column after the reshape)
     rep.feature_axis = axis
     if len(x) and (is_float or np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
         src = x if x.ndim >= 2 else x.reshape(-1, 1)
@@ -297,7 +297,8 @@ def inspect_data(data: Any, *, test: Any = None, max_samples: int | None = None,
         if x.ndim == 2 or x.ndim == 1:
             rep.constant_features = constant.tolist()
         else:  # per channel, plus per-element constants in the flattened sample
-            per_elem = np.nonzero((xf.min(axis=0) == xf.max(axis=0)))[0] if len(x) > 1 and xf.shape[1] <= 1 << 16 else np.zeros(0, dtype=np.int64)
+            small = len(x) > 1 and xf.shape[1] <= 1 << 16
+            per_elem = np.nonzero(xf.min(axis=0) == xf.max(axis=0))[0] if small else np.zeros(0, dtype=np.int64)
             rep.constant_features = per_elem.tolist()
         if rep.constant_features and len(x) > 1:
             what = "features" if x.ndim <= 2 else "input elements (flattened)"

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -445,7 +446,8 @@ def _check(model: Any, x: Any, *, dim: int, expect: str, method: str) -> Depende
         i, j = leaks[0]
         if expect == "identity":
             mixed_rows = len({i for i, _ in leaks})
-            hint = "look at the module named, and at any view/reshape before it; an op reducing over the batch (mean/sum over dim 0, BatchNorm in train mode) also mixes"
+            hint = ("look at the module named, and at any view/reshape before it; an op reducing over the batch "
+                    "(mean/sum over dim 0, BatchNorm in train mode) also mixes")
             if layout:
                 first = layout[0]
                 at = f" in {first.data['where']}" if first.data.get("where") else ""

@@ -11,8 +11,9 @@ trains a deep copy of the model with a copy of the optimizer.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..findings import Finding, Report
 
@@ -134,8 +135,9 @@ def doctor(model: Any, loader: Any, loss_fn: Callable, optimizer: Any, *, steps:
     # the prior over the whole dataset beats one batch's: class counts, or regression target means
     counts = getattr(data.report, "class_counts", None) or None
     prior = counts if counts and all(isinstance(k, int) and k >= 0 for k in counts) else None
-    if prior is None and getattr(data.report, "target_mean", None) is not None:
-        prior = data.report.target_mean
+    target_mean = getattr(data.report, "target_mean", None)
+    if prior is None and target_mean is not None:
+        prior = target_mean
     stages.append(_run_stage("init", lambda: check_init(model, (x, y), loss_fn, prior=prior)))
     few = _head(x, GRADIENT_SAMPLES)
     stages.append(_run_stage("gradients", lambda: check_gradients(model, *(few if isinstance(few, tuple) else (few,))),

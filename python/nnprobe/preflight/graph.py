@@ -10,8 +10,9 @@ and user modules are traced through; edges follow tensors, not registration orde
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .deps import eval_mode, first_tensor
 from .layout_trace import LayoutTrace, _caller, trace_layout
@@ -59,7 +60,7 @@ class Graph:
     outputs: list[int]  # producers of the model's output tensors, in order
     layout: LayoutTrace | None = None
 
-    def finish(self) -> "Graph":
+    def finish(self) -> Graph:
         """Links users to producers. Only nodes whose values reach the model's output count as
         users: a `h.sum() > 0` taken for control flow does not make `h` fan out."""
         live = set(range(len(self.nodes)))
@@ -304,7 +305,7 @@ def _build_hooks(model: Any, example_input: Any, batch_dim: int) -> Graph:
                         node.args = tuple(_strip(x) for x in a)
                         node.kwargs = {k: _strip(v) for k, v in kw.items()}
                         add(node, tensors_in(a) + tensors_in(kw), out)
-                except Exception:  # recording never breaks the forward pass
+                except Exception:  # noqa: BLE001 - recording never breaks the forward pass
                     pass
             return out
 
@@ -315,7 +316,8 @@ def _build_hooks(model: Any, example_input: Any, batch_dim: int) -> Graph:
                 handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
                 handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
-        with _quiet_forward(model), trace_layout(batch_dim=batch_dim, batch_size=_batch_size(args, kwargs, batch_dim), root=model if roots else None) as layout:
+        size = _batch_size(args, kwargs, batch_dim)
+        with _quiet_forward(model), trace_layout(batch_dim=batch_dim, batch_size=size, root=model if roots else None) as layout:
             for t in tensors_in(args) + tensors_in(kwargs):
                 source(t)
             with Recorder():

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def _final_layer(model: Any, x: Any) -> Any:
 
     try:
         g = build(model, x)
-    except Exception:
+    except Exception:  # noqa: BLE001 - no graph (an untraceable model): the check falls back
         return None
     if not g.outputs:
         return None

@@ -19,7 +19,8 @@ import math
 import os
 import sys
 import types
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..findings import Finding, Report
 from ..primitives import reshape_groups
@@ -29,7 +30,8 @@ MIXED = "mixed"
 # Reshapes whose result can split an axis (squeeze/unsqueeze only add or drop size-1 axes).
 _SPLITTING = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "ravel", "_unsafe_view"}
 _RESHAPES = _SPLITTING | {"squeeze", "unsqueeze", "squeeze_", "unsqueeze_"}
-_PERMUTES = {"permute", "transpose", "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "t_", "T", "mT", "mH", "H", "adjoint"}
+_PERMUTES = {"permute", "transpose", "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "t_", "T", "mT", "mH", "H",
+             "adjoint"}
 _REDUCTIONS = {
     "sum", "mean", "amax", "amin", "max", "min", "std", "var", "prod", "norm", "logsumexp", "all", "any",
     "argmax", "argmin", "median", "nansum", "nanmean", "count_nonzero", "std_mean", "var_mean", "aminmax",
@@ -177,7 +179,8 @@ class LayoutTrace(Report):
                 _resized(src_axes[k], int(o.shape[lead + k])) if src.shape[k] != 1 else ((None, int(o.shape[lead + k])),)
                 for k in range(src.ndim)
             )
-        elif name in ("linear", "embedding") and src_axes is not None and len(outs) == 1 and outs[0].ndim == src.ndim + (name == "embedding"):
+        elif (name in ("linear", "embedding") and src_axes is not None and len(outs) == 1
+              and outs[0].ndim == src.ndim + (name == "embedding")):
             keep = src.ndim - 1 if name == "linear" else src.ndim
             new = src_axes[:keep] + tuple(((None, int(n)),) for n in outs[0].shape[keep:])
         else:
@@ -465,7 +468,7 @@ class _Mode:
                     out = func(*args, **kwargs)
                     try:
                         self.trace._on_call(func, args, kwargs, out)
-                    except Exception:  # a diagnostic never breaks the code it watches
+                    except Exception:  # noqa: BLE001 - a diagnostic never breaks the code it watches
                         self.trace.errors += 1
                     return out
 

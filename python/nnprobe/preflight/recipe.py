@@ -19,7 +19,8 @@ import copy
 import inspect
 import math
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

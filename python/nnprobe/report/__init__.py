@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..findings import CATALOGUE, explain
-from .views import batch_view, prediction_view
 from . import svg
 from .logfile import Log, LogError, log_files, pick_run, read_runs
+from .views import batch_view, prediction_view
 
 MASK_DIR = "masks"
 

@@ -277,7 +277,7 @@ def read_log(path: str | os.PathLike) -> Log:
     parsed = list(_lines(path))
     skipped, problems = 0, list[str]()
     start: Start | None = None
-    for no, rec in parsed:
+    for _no, rec in parsed:
         if isinstance(rec, dict) and rec.get("type") == "start":
             try:
                 start = _start(rec)

@@ -286,7 +286,8 @@ def heat_strips(strips: Sequence[Strip], *, title: str, lo: int) -> str | None:
         px = np.where(shade > 0, 1 + np.round(np.sqrt(shade) * 254), 0).astype(np.uint8)
         out.append(_image(px.T[::-1], BLUES, label_w, y, pw, strip_h))
         out.append(f"<rect x='{label_w}' y='{y}' width='{pw}' height='{strip_h}' fill='none' stroke='#bbb'/>")
-        out.append(f"<g><title>{html.escape(s.label)}</title>{_text(label_w - 6, y + strip_h / 2 + 4, short(s.label, 26), size=10, anchor='end')}</g>")
+        name = _text(label_w - 6, y + strip_h / 2 + 4, short(s.label, 26), size=10, anchor="end")
+        out.append(f"<g><title>{html.escape(s.label)}</title>{name}</g>")
         # the profile: each bin's share of the latest histogram, as a filled outline
         last = g[np.searchsorted(steps, int(np.asarray(s.steps)[-1])), b0:b1 + 1]
         share = last / last.max() if last.max() > 0 else last

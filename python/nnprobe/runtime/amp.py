@@ -43,7 +43,8 @@ they are multiplied by the loss scale (the plan's rows say so: `of="backward"`).
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

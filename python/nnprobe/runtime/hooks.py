@@ -11,7 +11,8 @@ hook functions along, and they must stay silent there.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -17,8 +17,9 @@ Nothing here synchronises a device inside the step: device figures go through `R
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

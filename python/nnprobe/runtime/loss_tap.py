@@ -18,7 +18,8 @@ sigmoid took (into the sampled step's record, under that module's row).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ ROWS = 4  # rows (examples) of the input a format check reads
 class FunctionTap(TorchFunctionMode):
     """The function mode; `open()` and `close()` bracket a judged step."""
 
-    def __init__(self, observer: "LossObserver") -> None:
+    def __init__(self, observer: LossObserver) -> None:
         super().__init__()
         self.observer = observer
         self._losses = {fn: (name, kind) for name, kind in TAPPED.items() if (fn := getattr(F, name, None)) is not None}

@@ -23,17 +23,18 @@ internal failure is logged once and that part of the probe switches off.
 from __future__ import annotations
 
 import atexit
-import os
 import functools
 import math
+import os
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DiagnosticError, InputError
-from ..figures import DEAD, KINDS, NF, RATIO, SATURATED, Event, Plan, Sampled, StepFigures
+from ..figures import KINDS, Event, Plan, Sampled, StepFigures
 from ..findings import Finding
 from ..options import DeviceStats, Every
 
@@ -615,7 +616,7 @@ class Probe:
                 self._log_losses, self._log_figures = [], []
             self._to_sinks("close", st.step, self.findings)
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         return self
 
     def __exit__(self, *exc: Any) -> None:

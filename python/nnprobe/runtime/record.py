@@ -17,8 +17,25 @@ import torch
 from .. import core
 from ..figures import DEAD, NF, RATIO, SATURATED
 from .tensors import (
-    ABSMAX, COUNT, INF, MAX, MIN, NAN, NFIELDS, ZEROS, Readback, core_rows, device_moments, empty_moments, host_input,
-    local, merge_into, moments_to_public, public_to_moments, rms, use_device_path,
+    ABSMAX,
+    COUNT,
+    INF,
+    MAX,
+    MIN,
+    NAN,
+    NFIELDS,
+    ZEROS,
+    Readback,
+    core_rows,
+    device_moments,
+    empty_moments,
+    host_input,
+    local,
+    merge_into,
+    moments_to_public,
+    public_to_moments,
+    rms,
+    use_device_path,
 )
 
 DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction rule it out
@@ -212,7 +229,7 @@ class StepRecord:
                 table.pop(row, None)
 
     # ---- merging
-    def collect(self, n_aux: int) -> "Collected":
+    def collect(self, n_aux: int) -> Collected:
         """Start the merge; device figures are copied to the host without blocking."""
         dev_rows = list(self._dev)
         dev_idx = list(self._dev_idx)

@@ -17,7 +17,8 @@ Device figures travel through `Readback` and join the step they belong to when t
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

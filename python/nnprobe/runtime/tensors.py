@@ -18,7 +18,8 @@ tensor to the host and uses the core instead (a synchronisation; the benchmarks 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -19,7 +19,7 @@ gradient is one that stays.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -9,7 +9,7 @@ The output gradients of a step whose update was skipped ("skipped-step") are not
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

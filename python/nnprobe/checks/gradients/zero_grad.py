@@ -5,7 +5,7 @@ after each step is judged, by the probe's sentinel hook, which sends the event."
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised

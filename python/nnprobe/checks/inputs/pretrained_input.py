@@ -12,7 +12,8 @@ decides. check_init and doctor use both too, so the one-shot and the runtime ver
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

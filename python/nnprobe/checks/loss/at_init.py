@@ -5,7 +5,7 @@ start large. The probe's loss tap sends the first training call with a mean redu
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised

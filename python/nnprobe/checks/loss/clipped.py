@@ -7,7 +7,7 @@ tensor handed to probe.step(loss=...) and sends a "loss-clamp" event."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised

@@ -10,7 +10,7 @@ can happen by chance for a while)."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised, RunContext

@@ -6,7 +6,7 @@ once the run is over."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised, RunContext

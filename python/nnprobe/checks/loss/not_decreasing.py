@@ -6,7 +6,7 @@ where the learning rate reached half its present value."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

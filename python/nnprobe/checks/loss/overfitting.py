@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised, RunContext, median

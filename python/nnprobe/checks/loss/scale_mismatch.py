@@ -8,7 +8,7 @@ event on judged steps where one backward reached two or more loss calls."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised, RunContext

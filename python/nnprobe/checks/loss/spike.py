@@ -7,11 +7,12 @@ small and its noise tiny: a 5% wobble can be many deviations and is no event), a
 window's highest loss by SPIKE_SPAN times that loss's distance from the median (heavy-tailed
 noise: small batches, a loss near zero with rare hard batches, whose MAD says little of the
 tail), and by at least SPIKE_START of the loss's level over its first window (a converged loss of
-0.01 with one batch at 0.1 is measured noise on digits, not an event). The level is refreshed every REFRESH losses, so the every-step cost is one comparison,
-and at once after a spike (the recovery is judged against it). The probe's schedule uses the
-same level (`RobustLimit`) to take the spike step's gradients before its update, so the finding
-names the first layer, in forward order, whose gradient norm jumped with it: GRAD_JUMP times
-the median of its last GRAD_BASE judged samples.
+0.01 with one batch at 0.1 is measured noise on digits, not an event). The level is refreshed
+every REFRESH losses, so the every-step cost is one comparison, and at once after a spike (the
+recovery is judged against it). The probe's schedule uses the same level (`RobustLimit`) to take
+the spike step's gradients before its update, so the finding names the first layer, in forward
+order, whose gradient norm jumped with it: GRAD_JUMP times the median of its last GRAD_BASE
+judged samples.
 
 No host synchronisation: on a GPU the loss is copied to the host without blocking and read one
 step later, with the step's other figures (runtime/probe.py), and compared there; the spike
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import C, StepFigures
 from ..base import Check, Raised, RunContext, median, seen

@@ -4,7 +4,7 @@ evaluation data. The probe's forward pre-hook sends the event with the modules i
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised

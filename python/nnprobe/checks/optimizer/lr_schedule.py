@@ -15,7 +15,7 @@ defaults"). Read every step from every param group (StepFigures.lrs), with the t
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised, RunContext, median

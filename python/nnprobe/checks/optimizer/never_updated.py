@@ -3,7 +3,7 @@ after NEVER_STEPS steps (judged steps NEVER_STEPS apart or more)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -3,7 +3,7 @@ the optimizer, so it never changes. An every-step fact, known at the first optim
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised

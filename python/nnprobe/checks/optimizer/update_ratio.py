@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import RATIO, StepFigures
 from ..base import Check, Raised, RunContext, median, rms, seen

@@ -14,7 +14,7 @@ and over). Skips noticed late (the loop zeroes gradients between forward and bac
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...figures import StepFigures
 from ..base import Check, Raised, RunContext

@@ -6,7 +6,7 @@ examples, and rules it out cheaply where the zeros are too few (`dead_below`). A
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

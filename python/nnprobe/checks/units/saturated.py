@@ -4,7 +4,7 @@ DeepDiagnosis flag a layer at 50%)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
