@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 
 import nnprobe
 import numpy as np
 import pytest
 import torch
 from fixtures import models as Z
+from fixtures.spawn import two_ranks
 from nnprobe.report.logfile import log_files
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
@@ -22,12 +21,6 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 STEPS = 8
 BS = 32
 STATS = ("count", "mean", "std", "min", "max", "l2", "zeros", "absmax", "absmean")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def batch(X, y, step, rank):
@@ -83,21 +76,8 @@ def worker(rank, world, port, outdir):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     tmp_path = tmp_path_factory.mktemp("ddp")
-    ctx = mp.start_processes(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
-    deadline = time.time() + 150
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed watch did not finish: a collective mismatch (deadlock)?")
-    res = []
-    for r in range(2):
-        with open(tmp_path / f"rank{r}.json") as fh:
-            res.append(json.load(fh))
-    return tmp_path, res
+    return tmp_path, two_ranks(worker, tmp_path, what="distributed watch", timeout=150)
 
 
 def test_ddp_stats_merge_exactly_and_rank0_reports(ranks):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import nnprobe
 import numpy as np
 import pytest
 import torch
-from test_distributed import free_port
+from fixtures.spawn import two_ranks
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
@@ -90,21 +89,7 @@ def worker(rank, world, port, outdir):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    tmp_path = tmp_path_factory.mktemp("fsdp")
-    ctx = mp.start_processes(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
-    deadline = time.time() + 120
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("FSDP2 watch did not finish: a collective mismatch (deadlock)?")
-    res = []
-    for r in range(2):
-        with open(tmp_path / f"rank{r}.json") as fh:
-            res.append(json.load(fh))
-    return res
+    return two_ranks(worker, tmp_path_factory.mktemp("fsdp"), what="FSDP2 watch", timeout=120)
 
 
 @pytest.fixture(scope="module")
