@@ -18,13 +18,18 @@ never truncate or interleave each other's records; versions before that wrote on
   (a module's output), "gradients" (for a module: the gradient of the loss with respect to its
   output; for a parameter: its gradient at the optimizer step), "weights" (before the step),
   "updates" (weights after the step minus before; over a strided sample of at most 65536
-  elements of big parameters).
+  elements of big parameters). `plan`: the run's static facts the checks read (`figures.Plan`:
+  rows, modules in registration order, param groups, train/eval-sensitive modules).
 - "step" (one per sampled, logged step): `step`, `time`, `loss` (this step's, or null),
   `losses` ([[step, loss], ...]: every step's loss since the previous record, so the loss curve
   is complete though only some steps are sampled), `stats` ({kind: {name: [figures in `fields`
   order]}}; non-finite figures are null; rows not seen this step are absent) and, on the steps
   that took histograms, `hist` ({kind: {name: [64 counts]}}).
-- "losses": `losses` as above, written when many steps pass without a sampled one.
+  Figures are float32 values in nine significant digits (they read back bit for bit).
+  `figures`: the other figures of every step since the previous record that has any (learning
+  rates when they changed, events, a validation loss, the order rows were seen in, ...; see
+  `StepFigures.to_json`), so that `nnprobe check` judges the run again exactly as it ran.
+- "losses": `losses` and `figures` as above, written when many steps pass without a sampled one.
 - "finding": a finding when it is first raised: `code`, `severity`, `message`, `module`,
   `step`, `hint`, `data`.
 - "end" (at close): `step` (steps seen) and `findings` (all of them, with their `count`).
