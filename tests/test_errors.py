@@ -70,3 +70,48 @@ def test_huge_nan_filled_and_readonly_inputs():
     a.flags.writeable = False
     s = nnprobe.stats(a)
     assert s.nan == a.size and s.l2 == 0.0
+
+
+# --------------------------------------------------------------- the rest of issue 11's unclean errors
+def test_inspect_data_refuses_clearly_and_reads_an_iterable_dataset(tmp_path):
+    import torch
+
+    with pytest.raises(InputError, match="no samples"):
+        nnprobe.inspect_data(np.zeros((0, 4)))
+    with pytest.raises(InputError, match="not a file name"):
+        nnprobe.inspect_data(str(tmp_path / "train.csv"))
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([torch.full((3,), float(i)) for i in range(40)])
+
+    rep = nnprobe.inspect_data(Stream())
+    assert rep.n_samples == 40
+
+
+def test_dependency_mask_of_a_meta_tensor_says_what_to_pass():
+    import torch
+
+    with pytest.raises(DeviceError, match="meta tensor"):
+        nnprobe.dependency_mask(torch.nn.Linear(3, 2), torch.zeros(4, 3, device="meta"))
+
+
+def test_watch_into_an_unwritable_log_dir_is_a_clean_error(tmp_path):
+    import torch
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(nnprobe.OutputError, match="cannot write there") as err:
+        nnprobe.watch(model, log_dir=str(blocker / "logs"), console=False)
+    assert isinstance(err.value, OSError)
+    assert not model._forward_pre_hooks  # nothing left behind
+
+
+def test_console_shows_a_module_name_with_brackets_once(capsys):
+    from nnprobe.findings import Finding
+    from nnprobe.sinks import ConsoleSink
+
+    ConsoleSink().finding(Finding("dead-units", "warning", "50% [bold]dead[/bold]", module="layers[0]"))
+    err = capsys.readouterr().err
+    assert "[layers[0]]" in err and "\\" not in err and "[bold]dead[/bold]" in err

@@ -1,7 +1,7 @@
 """nnprobe: catches the mistakes that make neural-network training fail silently, while it runs."""
 
 from .core import Layout, TensorStats
-from .errors import DeviceError, DiagnosticError, DtypeError, InputError, LayoutError, NnprobeError
+from .errors import DeviceError, DiagnosticError, DtypeError, InputError, LayoutError, NnprobeError, OutputError
 from .findings import CATALOGUE, Finding, explain
 from .options import DeviceStats, Every
 from .preflight.data import DataReport, inspect_data
@@ -37,6 +37,7 @@ __all__ = [
     "LayoutTrace",
     "LintReport",
     "NnprobeError",
+    "OutputError",
     "OverfitReport",
     "Probe",
     "ReproReport",

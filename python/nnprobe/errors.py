@@ -21,6 +21,10 @@ class DeviceError(NnprobeError, ValueError):
     """The data is not in host memory (CUDA or meta tensors passed to a host-only primitive)."""
 
 
+class OutputError(NnprobeError, OSError):
+    """A log, event file or report cannot be written where it was asked to go."""
+
+
 class DiagnosticError(NnprobeError, RuntimeError):
     """Raised by ``watch(..., strict=True)`` at the first error-severity finding."""
 
@@ -29,4 +33,4 @@ class DiagnosticError(NnprobeError, RuntimeError):
         self.finding = finding
 
 
-__all__ = ["NnprobeError", "InputError", "DtypeError", "LayoutError", "DeviceError", "DiagnosticError"]
+__all__ = ["DeviceError", "DiagnosticError", "DtypeError", "InputError", "LayoutError", "NnprobeError", "OutputError"]

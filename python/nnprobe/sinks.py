@@ -51,6 +51,7 @@ from . import core
 from .figures import FIELDS, Plan, Rows, num32
 from .figures import jsonable as _jsonable
 from .figures import num as _num
+from .errors import OutputError
 from .findings import Finding
 from .report.logfile import new_log_name
 
@@ -107,7 +108,7 @@ class ConsoleSink(Sink):
     def finding(self, f: Finding) -> None:
         from rich.markup import escape
 
-        where = f" [{escape(f.module)}]" if f.module else ""
+        where = f" [{f.module}]" if f.module else ""  # escaped once, below, brackets included
         when = f" step {f.step}" if f.step is not None else ""
         self._console.print(
             f"[dim]nnprobe[/dim] [{self._STYLE[f.severity]}]{f.severity.upper()}[/] "
@@ -117,13 +118,20 @@ class ConsoleSink(Sink):
 
 class JsonlSink(Sink):
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
-        os.makedirs(log_dir, exist_ok=True)
-        self.path = os.path.join(log_dir, new_log_name())
+        try:
+            os.makedirs(log_dir, exist_ok=True)
+            self.path = os.path.join(log_dir, new_log_name())
+            self._open()
+        except OSError as e:
+            raise OutputError(f"watch(log_dir={str(log_dir)!r}) cannot write there ({e.strerror or e}); pass a directory "
+                              "you can write to") from e
+        self._rows: Rows | None = None
+
+    def _open(self) -> None:
         # "x": a name taken by another probe is an error here, never a truncated log there.
         # Unbuffered: each record goes out in one write() of the whole line, so a process killed
         # mid-run leaves whole lines (a buffered file flushes a long record in several writes)
         self._f = open(self.path, "xb", buffering=0)
-        self._rows: Rows | None = None
 
     def _write(self, obj: dict[str, Any]) -> None:
         line = memoryview((json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8"))

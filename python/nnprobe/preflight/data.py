@@ -84,6 +84,9 @@ def _progress(total: int | None, desc: str, enabled: bool | None) -> Any:
 
 
 def _read(data: Any, max_samples: int | None, progress: bool | None, what: str) -> _Split:
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        raise InputError(f"{what}: inspect_data reads arrays, tensors, datasets and loaders, not a file name; load it "
+                         "first (numpy.load(path), or pandas.read_csv(path).to_numpy())")
     # arrays and (X, y) pairs first: NumPy input never imports torch
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") or isinstance(a, (list, np.ndarray)) for a in data):
         x, y = _to_numpy(data[0]), _to_numpy(data[1])
@@ -102,6 +105,8 @@ def _read(data: Any, max_samples: int | None, progress: bool | None, what: str) 
         if hasattr(ds, "__getitem__") and hasattr(ds, "__len__") and default:
             return _read(ds, max_samples, progress, what)
         return _read_batches(iter(data), None, max_samples, progress, what, "loader")
+    if isinstance(data, torch.utils.data.IterableDataset):  # no length: read as a loader would
+        return _read_batches(iter(DataLoader(data, batch_size=256, num_workers=0)), None, max_samples, progress, what, "loader")
     if isinstance(data, torch.utils.data.TensorDataset):
         ts = data.tensors
         x = _to_numpy(ts[0])
@@ -249,6 +254,8 @@ def inspect_data(data: Any, *, test: Any = None, max_samples: int | None = None,
     x, y = train.x, train.y
     if x.ndim == 0:
         raise InputError("data: a scalar is not a dataset")
+    if len(x) == 0:
+        raise InputError("data: no samples to inspect (an empty array or dataset); pass at least one sample")
     rep.n_samples, rep.sample_shape, rep.dtype = int(len(x)), tuple(x.shape[1:]), str(x.dtype)
     idx_words = "sample" if train.source != "loader" else "sample (in loader order)"
     findings: list[Finding] = []

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .. import core
-from ..errors import InputError
+from ..errors import DeviceError, InputError
 from ..findings import Finding, Report
 
 METHODS = ("auto", "exact", "group")
@@ -157,6 +157,9 @@ class _Run:
             raise InputError(f"model must be a callable (a module or a function), got {type(model).__name__}")
         if not isinstance(x, torch.Tensor):
             raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.device.type == "meta":
+            raise DeviceError("x is a meta tensor (a shape without data): the dependencies are measured by running the "
+                              "model on values; pass a real batch (or torch.randn(x.shape) of the same shape)")
         roots = _roots(model)
         handles: list = []
         captured: list = []
