@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 
 from . import core
+from .errors import OutputError
 from .figures import FIELDS, Plan, Rows, num32
 from .figures import jsonable as _jsonable
 from .figures import num as _num
-from .errors import OutputError
 from .findings import Finding
 from .report.logfile import new_log_name
 
