@@ -670,8 +670,17 @@ pub fn stats(view: &TensorView, hist: bool) -> Result<Stats> {
     with_dtype!(view.dtype, T => stats_typed::<T>(view, hist))
 }
 
-/// Statistics of many tensors, in parallel across them (and within the big ones).
+/// Elements in a batch below which `stats_many` runs on the calling thread: waking the pool costs
+/// more than such a pass while the training framework's threads hold the cores.
+pub const SEQUENTIAL_MAX: usize = 1 << 21;
+
+/// Statistics of many tensors, in parallel across them (and within the big ones); a batch of
+/// fewer than `SEQUENTIAL_MAX` elements in all runs on the calling thread, without the pool.
 pub fn stats_many(views: &[TensorView], hist: bool) -> Result<Vec<Stats>> {
+    let total = views.iter().fold(0usize, |n, v| n.saturating_add(v.numel()));
+    if total < SEQUENTIAL_MAX {
+        return views.iter().map(|v| stats(v, hist)).collect();
+    }
     pool::map_collect(views.len(), |i| stats(&views[i], hist)).into_iter().collect()
 }
 
