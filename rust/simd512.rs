@@ -61,84 +61,187 @@ fn acc_add(acc: &mut Acc, x: __m512) {
     acc.a1 = _mm512_add_pd(acc.a1, _mm512_abs_pd(hi));
 }
 
-/// Byte marking a value the histogram skips; above every bin, so the block's lowest bin ignores it.
-const DISCARD: u8 = 0xff;
+/// Whether the histogram kernel below can run: AVX-512 VBMI (byte permutes), GFNI (the 8x8 bit
+/// transpose) and BITALG (byte popcounts), besides `available()` (Zen 4, Intel since Ice Lake).
+pub fn hist_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        available()
+            && is_x86_feature_detected!("avx512vbmi")
+            && is_x86_feature_detected!("gfni")
+            && is_x86_feature_detected!("avx512bitalg")
+    })
+}
 
-/// Histogram by counting, not scattering: the block's bins go into a byte buffer, and each bin
-/// value present is counted 64 bytes at a time with a compare into a mask and a popcount. A block
-/// of real data spans few bins (about 15 for a Gaussian), so this beats one scalar increment per
-/// element; a block spanning many bins falls back to increments.
-const HIST_CHUNK: usize = 2048;
+/// The histogram counts a window of `WINDOW` consecutive exponents in registers, 64 values at a
+/// time, placed where the histogram so far (or the block's first values) is densest. Values
+/// outside it (the distribution's tails, subnormals, non-finite values, the clamped end bins) are
+/// rare in real tensors and are added one by one into interleaved copies; zeros are skipped.
+///
+/// In the window, each value becomes a one-hot byte (bit d for the window's d-th exponent); a
+/// GF(2) affine transform transposes each 8x8 bit matrix (8 values by 8 bins), so that a byte
+/// popcount gives, per group of 8 values, how many fall in each bin; those counts add up in byte
+/// lanes. About 20 vector instructions per 64 values, no store per value. Measured on the bench
+/// machine (Zen 4, one thread, a block in L1): 0.12 ns per value against 0.27 for the previous
+/// kernel and 0.15 for the block's sums; on DRAM-sized input the histogram pass brings `stats`
+/// from 0.24-0.35 to 0.42 of the read bandwidth. A version fused into the sums' loop measured
+/// slower (0.35: 32 vector registers do not hold both), so the histogram reads the block again
+/// from L1 and prefetches the next block meanwhile.
+///
+/// Why not scalar increments with copies (the AVX2 path): one load, add and store per value runs
+/// at about one value per cycle on the load/store ports, 3x slower than the sums of the same block.
+/// Why not a compare and popcount per bin (the previous AVX-512 path): a block of Gaussian values
+/// spans 12 to 20 exponents, so 4 instructions per bin per 64 values cost more than the sums; and
+/// the byte buffer it went through cost two more passes over the block.
+const WINDOW: usize = 16;
+
+/// The first bin of the window of `WINDOW` bins holding the most counts in `total`; the window
+/// stays inside bins 1..=62, where a bin is one float32 exponent.
+fn densest_window(total: &[u32]) -> usize {
+    let (first, last) = (1, HIST_BINS - 1 - WINDOW);
+    let mut sum: u64 = total[first..first + WINDOW].iter().map(|&c| c as u64).sum();
+    let (mut best, mut best_sum) = (first, sum);
+    for w in first + 1..=last {
+        sum = sum + total[w + WINDOW - 1] as u64 - total[w - 1] as u64;
+        if sum > best_sum {
+            (best, best_sum) = (w, sum);
+        }
+    }
+    best
+}
+
+/// Byte k of the exponent bytes of 64 values: byte 3 of 32-bit lane k % 16 of `x << 1` in the
+/// first (k < 16) or second source of a two-source byte permute (the upper half is unused).
+const EXPONENT_BYTES: [u8; 64] = {
+    let mut idx = [0u8; 64];
+    let mut k = 0;
+    while k < 32 {
+        idx[k] = (4 * (k % 16) + 3 + 64 * (k / 16)) as u8;
+        k += 1;
+    }
+    idx
+};
+
+/// The window's counts in byte lanes, over at most 31 groups of 64 values.
+struct Window {
+    w: usize,
+    acc: __m512i,
+    acc_hi: __m512i,
+    groups: u32,
+    copy: usize,
+}
+
+impl Window {
+    /// Placed where `h[0]` (the window's counts so far) is densest, or, before anything was
+    /// counted, where the `first` values are.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn new(h: &HistScratch, first: impl Iterator<Item = f32>) -> Window {
+        let w = if h[0][..HIST_BINS].iter().any(|&c| c != 0) {
+            densest_window(&h[0])
+        } else {
+            let mut seen = [0u32; HIST_BINS + 1];
+            first.for_each(|x| seen[crate::stats::hist_bin(x as f64)] += 1);
+            densest_window(&seen)
+        };
+        Window { w, acc: _mm512_setzero_si512(), acc_hi: _mm512_setzero_si512(), groups: 0, copy: 0 }
+    }
+
+    /// Counts 64 values, given as the bits of their float32 forms.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,gfni,avx512bitalg,popcnt")]
+    fn add64(&mut self, bits: &[__m512i; 4], h: &mut HistScratch) {
+        // SAFETY: EXPONENT_BYTES has 64 bytes.
+        let idx = unsafe { _mm512_loadu_si512(EXPONENT_BYTES.as_ptr() as *const __m512i) };
+        let lo = _mm512_permutex2var_epi8(_mm512_slli_epi32::<1>(bits[0]), idx, _mm512_slli_epi32::<1>(bits[1]));
+        let hi = _mm512_permutex2var_epi8(_mm512_slli_epi32::<1>(bits[2]), idx, _mm512_slli_epi32::<1>(bits[3]));
+        let e = _mm512_inserti64x4::<1>(lo, _mm512_castsi512_si256(hi));
+        // in the window: a one-hot byte per value (bit d for the window's exponent d, in one of
+        // two planes of 8), transposed per 8 values, counted with a byte popcount
+        let d = _mm512_sub_epi8(e, _mm512_set1_epi8((self.w as i32 + 127 + HIST_LO) as u8 as i8));
+        let inside = _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(WINDOW as i8));
+        let low = _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(8));
+        let bit = _mm512_set1_epi64(0x8040_2010_0804_0201u64 as i64); // byte k: 1 << k
+        let t = _mm512_gf2p8affine_epi64_epi8::<0>(bit, _mm512_maskz_shuffle_epi8(low, bit, d));
+        self.acc = _mm512_add_epi8(self.acc, _mm512_popcnt_epi8(t));
+        let t = _mm512_gf2p8affine_epi64_epi8::<0>(bit, _mm512_maskz_shuffle_epi8(inside & !low, bit, d));
+        self.acc_hi = _mm512_add_epi8(self.acc_hi, _mm512_popcnt_epi8(t));
+        self.groups += 1;
+        if self.groups == 31 {
+            self.flush(h); // a byte lane holds at most 31 * 8 counts
+        }
+        // outside it (rare; zeros are skipped, subnormals are not): one by one
+        let zero = _mm512_setzero_si512();
+        let expo_zero = _mm512_cmpeq_epi8_mask(e, zero);
+        let mut out = !inside & !expo_zero;
+        if expo_zero != 0 {
+            let mag = _mm512_set1_epi32(0x7fff_ffff);
+            let mut nonzero = 0u64;
+            for (k, b) in bits.iter().enumerate() {
+                nonzero |= (_mm512_test_epi32_mask(*b, mag) as u64) << (16 * k);
+            }
+            out |= expo_zero & nonzero;
+        }
+        if out != 0 {
+            let mut v = [0u32; 64];
+            for (k, b) in bits.iter().enumerate() {
+                // SAFETY: v has room for 16 u32 at 16 * k.
+                unsafe { _mm512_storeu_si512(v.as_mut_ptr().add(16 * k) as *mut __m512i, *b) };
+            }
+            while out != 0 {
+                let x = f32::from_bits(v[out.trailing_zeros() as usize]);
+                h[self.copy][crate::stats::hist_bin(x as f64)] += 1;
+                self.copy = (self.copy + 1) % crate::stats::HIST_COPIES;
+                out &= out - 1;
+            }
+        }
+    }
+
+    /// Adds the byte-lane counts (byte b of each 64-bit lane: values in the window's bin b, or
+    /// b + 8 for the upper plane) to `h[0]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn flush(&mut self, h: &mut HistScratch) {
+        for (acc, first) in [(self.acc, self.w), (self.acc_hi, self.w + 8)] {
+            let even = _mm512_and_si512(acc, _mm512_set1_epi16(0xff));
+            let odd = _mm512_srli_epi16::<8>(acc);
+            // 16-bit fields summed over the 8 lanes: at most 8 * 255, no carry between fields
+            let (e, o) = (_mm512_reduce_add_epi64(even) as u64, _mm512_reduce_add_epi64(odd) as u64);
+            for k in 0..4 {
+                h[0][first + 2 * k] += ((e >> (16 * k)) & 0xffff) as u32;
+                h[0][first + 2 * k + 1] += ((o >> (16 * k)) & 0xffff) as u32;
+            }
+        }
+        (self.acc, self.acc_hi, self.groups) = (_mm512_setzero_si512(), _mm512_setzero_si512(), 0);
+    }
+}
 
 macro_rules! hist512 {
     ($hist:ident, $E:ty, |$q:ident| $load:expr) => {
         /// # Safety
-        /// The CPU must support AVX-512 F/BW/VL/DQ.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,popcnt")]
+        /// The CPU must support what `hist_available` checks.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,gfni,avx512bitalg,f16c,popcnt")]
         pub unsafe fn $hist(xs: &[$E], h: &mut HistScratch) {
-            let mut buf = [0u8; HIST_CHUNK + 64];
-            let exp_bits = _mm512_set1_epi32(0x7f80_0000);
-            let mag_bits = _mm512_set1_epi32(0x7fff_ffff);
-            for chunk in xs.chunks(HIST_CHUNK) {
-                let p = chunk.as_ptr();
+            for chunk in xs.chunks(crate::stats::BLOCK) {
                 let n = chunk.len();
-                // 1. the exponent byte of every value (the sign lands in bit 8 and is cut off),
-                //    and how many are subnormal (exponent 0 but not zero: they belong in bin 0)
-                let mut subnormal = 0u64;
+                let p = chunk.as_ptr();
+                let mut win = Window::new(h, chunk.iter().take(64).map(|x| x.to_f32()));
                 let mut i = 0;
-                while i + 16 <= n {
-                    let $q = p.add(i);
-                    let bits = _mm512_castps_si512($load);
-                    _mm_storeu_si128(buf.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(_mm512_srli_epi32::<23>(bits)));
-                    subnormal += (_mm512_testn_epi32_mask(bits, exp_bits) & _mm512_test_epi32_mask(bits, mag_bits)).count_ones() as u64;
-                    i += 16;
+                while i + 64 <= n {
+                    let mut bits = [_mm512_setzero_si512(); 4];
+                    for (k, b) in bits.iter_mut().enumerate() {
+                        let $q = p.add(i + 16 * k);
+                        // the next block, read by the sums after this: its lines arrive while
+                        // the histogram computes (prefetches never fault)
+                        _mm_prefetch::<_MM_HINT_T0>($q.wrapping_add(crate::stats::BLOCK) as *const i8);
+                        *b = _mm512_castps_si512($load);
+                    }
+                    win.add64(&bits, h);
+                    i += 64;
                 }
+                win.flush(h);
                 for (k, &x) in chunk[i..].iter().enumerate() {
-                    let bits = x.to_f32().to_bits();
-                    buf[i + k] = ((bits >> 23) & 0xff) as u8;
-                    subnormal += ((bits & 0x7f80_0000) == 0 && (bits & 0x7fff_ffff) != 0) as u64;
-                }
-                // 2. exponents -> bins, 64 at a time (exponents 0 and 255: zero, subnormal and
-                //    non-finite values are set aside); the block's lowest and highest bin
-                let padded = n.div_ceil(64) * 64;
-                buf[n..padded].fill(0);
-                let (zero, full) = (_mm512_setzero_si512(), _mm512_set1_epi8(-1));
-                let bias = _mm512_set1_epi8((127 + HIST_LO) as i8);
-                let top = _mm512_set1_epi8(HIST_BINS as i8 - 1);
-                let (mut lo, mut hi) = (full, zero);
-                for j in (0..padded).step_by(64) {
-                    let e = _mm512_loadu_si512(buf.as_ptr().add(j) as *const __m512i);
-                    let skip = _mm512_cmpeq_epi8_mask(e, zero) | _mm512_cmpeq_epi8_mask(e, full);
-                    let bin = _mm512_min_epu8(_mm512_subs_epu8(e, bias), top);
-                    lo = _mm512_mask_min_epu8(lo, !skip, lo, bin);
-                    hi = _mm512_mask_max_epu8(hi, !skip, hi, bin);
-                    _mm512_storeu_si512(buf.as_mut_ptr().add(j) as *mut __m512i, _mm512_mask_mov_epi8(bin, skip, full));
-                }
-                h[0][0] += subnormal as u32;
-                let mut lo_b = [0u8; 64];
-                let mut hi_b = [0u8; 64];
-                _mm512_storeu_si512(lo_b.as_mut_ptr() as *mut __m512i, lo);
-                _mm512_storeu_si512(hi_b.as_mut_ptr() as *mut __m512i, hi);
-                let lo = *lo_b.iter().min().unwrap_or(&DISCARD) as usize;
-                let hi = *hi_b.iter().max().unwrap_or(&0) as usize;
-                if lo > hi {
-                    continue; // nothing but zeros, subnormals and non-finite values
-                }
-                // 3. count each bin present, 64 bytes per compare; scatter when the block is wide
-                if hi - lo >= 24 {
-                    for (k, &b) in buf[..n].iter().enumerate() {
-                        h[k % crate::stats::HIST_COPIES][(b as usize).min(HIST_BINS)] += 1;
-                    }
-                    continue;
-                }
-                for bin in lo..=hi {
-                    let target = _mm512_set1_epi8(bin as i8);
-                    let mut count = 0u64;
-                    for j in (0..padded).step_by(64) {
-                        let v = _mm512_loadu_si512(buf.as_ptr().add(j) as *const __m512i);
-                        count += _mm512_cmpeq_epi8_mask(v, target).count_ones() as u64;
-                    }
-                    h[0][bin] += count as u32;
+                    h[k % crate::stats::HIST_COPIES][crate::stats::hist_bin(x.to_f32() as f64)] += 1;
                 }
             }
         }
@@ -237,3 +340,4 @@ hist512!(hist_bf16, BF16, |q| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512
     _mm256_loadu_si256(q as *const __m256i)
 ))));
 hist512!(hist_f16, F16, |q| _mm512_cvtph_ps(_mm256_loadu_si256(q as *const __m256i)));
+

@@ -332,8 +332,8 @@ macro_rules! simd_kernel {
             fn hist_block(xs: &[Self], h: &mut HistScratch) {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    if crate::simd512::available() {
-                        // SAFETY: as above.
+                    if crate::simd512::hist_available() {
+                        // SAFETY: the CPU has what the kernel needs (checked at run time).
                         return unsafe { crate::simd512::$hist(xs, h) };
                     }
                     if crate::simd::available() {
@@ -670,8 +670,17 @@ pub fn stats(view: &TensorView, hist: bool) -> Result<Stats> {
     with_dtype!(view.dtype, T => stats_typed::<T>(view, hist))
 }
 
-/// Statistics of many tensors, in parallel across them (and within the big ones).
+/// Elements in a batch below which `stats_many` runs on the calling thread: waking the pool costs
+/// more than such a pass while the training framework's threads hold the cores.
+pub const SEQUENTIAL_MAX: usize = 1 << 21;
+
+/// Statistics of many tensors, in parallel across them (and within the big ones); a batch of
+/// fewer than `SEQUENTIAL_MAX` elements in all runs on the calling thread, without the pool.
 pub fn stats_many(views: &[TensorView], hist: bool) -> Result<Vec<Stats>> {
+    let total = views.iter().fold(0usize, |n, v| n.saturating_add(v.numel()));
+    if total < SEQUENTIAL_MAX {
+        return views.iter().map(|v| stats(v, hist)).collect();
+    }
     pool::map_collect(views.len(), |i| stats(&views[i], hist)).into_iter().collect()
 }
 
@@ -978,6 +987,51 @@ mod tests {
     }
 
     #[test]
+    fn histogram_kernels_agree_with_the_generic_one_when_the_scale_moves() {
+        // blocks whose densest exponents move, ReLU-like zeros, subnormals, non-finite values,
+        // both clamped ends, lengths that are not multiples of 64, several blocks per call
+        let base = noise(20_000, 77);
+        for case in 0..8 {
+            let xs: Vec<f32> = base
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let scale = match case {
+                        0 => 1.0,
+                        1 => 2f32.powi((i / 2048) as i32 * 7 - 20),         // moves every block
+                        2 => 2f32.powi((i % 97) as i32 - 48),                // spans everything
+                        3 => if i % 2 == 0 { 0.0 } else { 1e-3 },            // half zeros
+                        4 => if i % 5 == 0 { 1e-41 } else { 3e20 },          // subnormal, high clamp
+                        5 => if i % 300 == 0 { f32::NAN } else if i % 301 == 0 { f32::NEG_INFINITY } else { 1e-20 },
+                        6 => 2f32.powi(((i * 7919) % 31) as i32 - 15),
+                        _ => if i < 64 { 1e30 } else { 1.0 },                // a misleading first vector
+                    };
+                    x * scale
+                })
+                .collect();
+            for len in [xs.len(), 64, 63, 2048 + 65, 5000] {
+                let xs = &xs[..len];
+                let mut a: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
+                let mut b: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
+                let mut f: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
+                for c in xs.chunks(BLOCK) {
+                    f32::hist_block(c, &mut a); // as stats_range feeds it: one block at a time
+                    f32::block_fast_hist(c, &mut f);
+                }
+                hist_generic(xs, &mut b);
+                let total = |h: &HistScratch| (0..HIST_BINS).map(|i| h.iter().map(|c| c[i]).sum::<u32>()).collect::<Vec<_>>();
+                assert_eq!(total(&a), total(&b), "case {case}, {len} values");
+                assert_eq!(total(&f), total(&b), "fused, case {case}, {len} values");
+                let bf: Vec<BF16> = xs.iter().map(|&x| BF16::from_f32(x)).collect();
+                let (mut a, mut b): (HistScratch, HistScratch) = ([[0; HIST_BINS + 1]; HIST_COPIES], [[0; HIST_BINS + 1]; HIST_COPIES]);
+                BF16::hist_block(&bf, &mut a);
+                hist_generic(&bf, &mut b);
+                assert_eq!(total(&a), total(&b), "bf16 case {case}, {len} values");
+            }
+        }
+    }
+
+    #[test]
     fn every_kernel_path_agrees_with_the_generic_one() {
         let xs: Vec<f32> = noise(5000, 33).iter().enumerate().map(|(i, x)| if i % 7 == 0 { 0.0 } else { x * 10f32.powi((i % 9) as i32 - 4) }).collect();
         let want = block_fast_generic(&xs);
@@ -997,7 +1051,7 @@ mod tests {
             if crate::simd::available() {
                 same(unsafe { crate::simd::block_f32(&xs) });
             }
-            if crate::simd512::available() {
+            if crate::simd512::hist_available() {
                 let mut h: HistScratch = [[0; HIST_BINS + 1]; HIST_COPIES];
                 same(unsafe { crate::simd512::block_f32(&xs) });
                 unsafe { crate::simd512::hist_f32(&xs, &mut h) };

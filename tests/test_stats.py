@@ -176,6 +176,36 @@ def test_histogram_matches_numpy_log2(a):
     np.testing.assert_array_equal(s.hist_counts, want)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 9000),
+    scales=st.lists(st.integers(-140, 130), min_size=1, max_size=4),
+    spread=st.floats(0.0, 30.0),
+    zeros=st.floats(0.0, 1.0),
+    specials=st.integers(0, 20),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
+)
+def test_histogram_of_blocks_whose_scale_moves_matches_numpy(n, scales, spread, zeros, specials, seed, dtype):
+    # the AVX-512 kernel counts a window of exponents in registers, placed where the blocks so far
+    # were densest, and everything else one by one: scales that move between blocks, zeros
+    # (skipped), subnormals (bin 0), non-finite values and both clamped ends must all count exactly
+    rng = np.random.default_rng(seed)
+    part = np.array_split(np.arange(n), len(scales))
+    e = np.concatenate([rng.normal(sc, spread, len(p)) for sc, p in zip(scales, part)]) if n else np.zeros(0)
+    a = (np.exp2(np.clip(e, -160, 127)) * rng.choice([-1.0, 1.0], n)).astype(np.float32)
+    a[rng.random(n) < zeros] = 0.0
+    if n:
+        pool = np.array([np.nan, np.inf, -np.inf, 1e-45, -3e-42, 1e-40, np.finfo(np.float32).max, 0.0, -0.0], dtype=np.float32)
+        a[rng.integers(0, n, specials)] = rng.choice(pool, specials)
+    t = torch.from_numpy(a).to(getattr(torch, dtype))
+    s = nnprobe.stats(t, hist=True)
+    v = t.double().numpy()
+    v = np.abs(v[np.isfinite(v) & (v != 0)])
+    want = np.bincount(np.clip(np.floor(np.log2(v)) - s.hist_edges[0], 0, 63).astype(int), minlength=64)
+    np.testing.assert_array_equal(s.hist_counts, want)
+
+
 def test_stats_many_matches_stats_and_stats_array():
     xs = [torch.randn(100, 3), np.arange(12, dtype=np.int32).reshape(3, 4).T, torch.randn(2_500_000), torch.zeros(0)]
     many = nnprobe.stats_many(xs)

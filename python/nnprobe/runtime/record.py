@@ -42,14 +42,6 @@ DEAD_PREFILTER = 0.5  # the dead-unit threshold: fewer zeros than this fraction 
 SAT_LEVEL = 0.97  # tanh outputs beyond it, sigmoid outputs outside [1 - it, it], are saturated
 
 
-PARALLEL_MIN = 1 << 21  # elements in a batch below which the core's parallel pass does not pay
-
-
-def _size(x: Any) -> int:
-    n = getattr(x, "size", None)
-    return n if isinstance(n, int) else x.numel()
-
-
 class StepRecord:
     def __init__(self, step: int, rows: int, policy: str, *, hist: bool, judged: bool = True) -> None:
         self.step = step
@@ -121,12 +113,9 @@ class StepRecord:
             hxs.append(host_input(t))
         if not hxs:
             return
-        if (self.hist and hist) or sum(_size(x) for x in hxs) >= PARALLEL_MIN:
-            pub = self._host(hidx, hxs, hist)
-        else:
-            # small tensors: one call each runs on this thread; a batch would wake the core's
-            # thread pool, which costs more than the pass itself while torch's threads hold the cores
-            pub = np.concatenate([core_rows([x]) for x in hxs], axis=0)
+        # one core call for the whole batch: below the core's SEQUENTIAL_MAX elements it runs on
+        # this thread (no pool wake-up while torch's threads hold the cores), with one GIL release
+        pub = self._host(hidx, hxs, hist)
         self._pub_idx.extend(hidx)
         self._pub.append(pub)
 
