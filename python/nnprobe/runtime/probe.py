@@ -27,27 +27,26 @@ import functools
 import math
 import os
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DiagnosticError, InputError
-from ..figures import KINDS, Event, Plan, Sampled, StepFigures
-from ..findings import Finding
+from ..figures import Event, Plan, StepFigures
 from ..options import DeviceStats, Every
+from .accessors import Accessors
 
 if TYPE_CHECKING:
     import torch
 
     from .history import History
-    from .record import Collected, StepRecord
+    from .record import StepRecord
 
 LOCATE_MAX = 3  # re-runs to locate a non-finite loss (later ones only count)
 
 
-class Probe:
+class Probe(Accessors):
     """A running watch. A context manager; `close()` removes every hook it added. See `watch()`."""
 
     def __init__(self, model: Any, optimizer: Any = None, *, every: int | str = "auto", overhead: float = 0.03,
@@ -59,6 +58,7 @@ class Probe:
         from ..checks.judge import Judge
         from ..sinks import make_sinks
         from . import amp, distributed, hooks, loss_tap, plan
+        from .flow import Flow
         from .history import History
         from .params import ParamFigures
         from .schedule import Schedule
@@ -96,11 +96,12 @@ class Probe:
         self._history: History = History(w.plan.rows)
         self._judge = Judge(w.plan) if checks else None
         self._schedule = Schedule(every, float(overhead), self._dist)
+        sinks = make_sinks(console=console, log_dir=log_dir, tensorboard=tensorboard, wandb=wandb) if distributed.rank() == 0 else []
+        self._flow = Flow(w, st, self._schedule, self._judge, self._history, sinks,
+                          distributed if self._dist else None, strict=strict)
         self._loss_obs = loss_tap.LossObserver(st)
         self._tap = loss_tap.FunctionTap(self._loss_obs)
         self._figs = StepFigures(0)
-        self._open: deque[StepFigures] = deque()  # ended, not judged yet
-        self._pending: deque[tuple[StepFigures, Collected]] = deque()  # sampled, figures on their way
         self._explicit: dict[int, float] = {}
         self._loss_tensors: list[tuple[int, Any]] = []  # (step, a loss still on its device)
         self._loss_readback: tuple[list[int], Any] | None = None
@@ -109,15 +110,10 @@ class Probe:
         self._located = 0
         self._nonfinite_step = -1
         self._outside_seen: set[str] = set()
-        self._log_losses: list[tuple[int, float]] = []
-        self._log_figures: list[dict[str, Any]] = []
-        self._logged_lrs: tuple[float, ...] | None = None
         self._closed = False
-
-        self._sinks = make_sinks(console=console, log_dir=log_dir, tensorboard=tensorboard, wandb=wandb) if distributed.rank() == 0 else []
         meta = {"model": type(w.model).__name__, "every": every, "overhead": overhead,
                 "world_size": distributed.world_size(), "device_stats": self._policy}
-        self._to_sinks("start", meta, w.plan)
+        self._flow.to_sinks("start", meta, w.plan)
 
         self._hooks = hooks.HookSet()
         self._sampled_hooks = hooks.HookSet()
@@ -125,7 +121,7 @@ class Probe:
         self._fwd_hooks = [hooks.forward_hook(st, m.module, m.act_row, m.grad_row, m.unit) for m in w.modules]
         self._sentinel: hooks.ZeroGradSentinel | None = None
         fref, hs = weakref.ref(self), (self._hooks, self._sampled_hooks)  # the taps must not hold the probe
-        self._taps = RecipeTaps(st, w.model, self._loss_obs, self._open, lambda: _figs_of(fref()),
+        self._taps = RecipeTaps(st, w.model, self._loss_obs, self._flow.open, lambda: _figs_of(fref()),
                                 lambda: hs[0].ids() | hs[1].ids(), distributed=bool(self._dist))
         ref = weakref.ref(self)
         self._atexit = functools.partial(_close_if_alive, ref)
@@ -157,7 +153,7 @@ class Probe:
         s = st.step
         self._figs = StepFigures(s)
         judged = sch.judged(s)
-        sampled = judged or sch.extra(s, bool(self._pending))
+        sampled = judged or sch.extra(s, bool(self._flow.pending))
         sch.force_next = False
         if not sampled or self._closed:
             return
@@ -191,7 +187,7 @@ class Probe:
                 self._skips.stepping(self._w.params, self._w.in_optimizer)
             self._resolve_device_losses(st.step)  # the last step's device loss, into its figures before they are judged
             self._taps.before_seal()
-            self._seal(st.step)
+            self._flow.seal(st.step)
             self._pre_step()
         except Exception as e:  # noqa: BLE001
             st.fail("step checks", e)
@@ -304,7 +300,7 @@ class Probe:
         t0 = st.clock()
         rec, s = st.record, st.step
         try:
-            self._seal(s)
+            self._flow.seal(s)
             self._take_loss(s, before_update=True)
             self._resolve_device_losses(s)
             st.fwd_grad = 0
@@ -329,13 +325,13 @@ class Probe:
         if rec is not None:
             st.record = None
             self._sampled_hooks.remove()
-            self._pending.append((figs, rec.collect(self._w.n_aux)))
+            self._flow.pending.append((figs, rec.collect(self._w.n_aux)))
             rec.closed = True
             rec.outputs.clear()  # the step's activations, kept for functional units: let them go
         figs.events, st.events = st.events, []
         st.evaluated = False
-        self._open.append(figs)
-        self._finish_pending(s)
+        self._flow.open.append(figs)
+        self._flow.finish_pending(s)
         st.step = s + 1
         self._begin_step()
 
@@ -400,19 +396,18 @@ class Probe:
     def _set_loss(self, step: int, value: float) -> None:
         """A loss that arrived after its step ended (probe.step after optimizer.step, a device
         copy): into that step's figures while they are not judged yet."""
-        for figs in (self._figs, *reversed(self._open)):
+        for figs in (self._figs, *reversed(self._flow.open)):
             if figs.step == step:
                 figs.loss = value
                 return
-        self._history.set_loss(step, value)  # already judged: history and log only
-        self._log_losses.append((step, value))
+        self._flow.late_loss(step, value)  # already judged: history and log only
 
     def _resolve_device_losses(self, s: int) -> None:
         """CUDA losses: start their copy now, take them at the next step (no wait in the step)."""
         while self._skip_flags:
             step, flag = self._skip_flags.pop(0)
             if flag.get()[0]:
-                figs = next((f for f in self._open if f.step == step), None)
+                figs = next((f for f in self._flow.open if f.step == step), None)
                 if figs is not None:
                     figs.events.append(Event("skipped-step", {"fused": True}))
         if self._loss_readback is not None:
@@ -434,80 +429,6 @@ class Probe:
             t = torch.stack([x.detach().float().reshape(()) for _, x in self._loss_tensors])
             self._loss_readback = ([step for step, _ in self._loss_tensors], Readback(t))
             self._loss_tensors = []
-
-    # ------------------------------------------------------------------ figures -> checks, history, sinks
-    def _finish_pending(self, s: int, wait: bool = False) -> None:
-        """Merge sampled steps whose figures are on the host: CPU ones at once, device ones one
-        step later (the same rule on every rank, so the collectives match)."""
-        while self._pending:
-            figs, col = self._pending[0]
-            if not wait and col.on_device and col.rec.step >= s:
-                break
-            self._pending.popleft()
-            try:
-                with np.errstate(all="ignore"):  # overflowing figures are data here, not errors
-                    self._merge(figs, col)
-            except Exception as e:  # noqa: BLE001
-                self._state.fail("statistics", e)
-
-    def _merge(self, figs: StepFigures, col: Collected) -> None:
-        from .record import figures_matrix
-
-        rec = col.rec
-        moments, sat, dead = col.get()
-        R = len(self.plan.rows)
-        sat_arr = np.zeros(R)
-        dead_arr = np.full(R, np.nan)
-        for row, v in sat.items():
-            sat_arr[row] = v
-        for row, v in dead.items():
-            dead_arr[row] = v
-        proposal = float(self._schedule.proposal(rec.step))
-        if self._dist:
-            moments, sat_arr, dead_arr, proposal = self._distributed.merge(moments, self._w.duplicate, sat_arr, dead_arr, proposal)
-        self._schedule.agree(proposal)
-        mat = figures_matrix(moments, sat_arr, dead_arr, rec, [(m.act_row, m.unit) for m in self._w.modules], R)
-        hists = {row: c for row, c in rec.hists.items() if row < R}
-        if self._dist and rec.hist:
-            hists = self._distributed.merge_hist(hists, R, self._w.duplicate[:R])
-        figs.sampled = Sampled(mat.astype(np.float32), list(rec.act_order), list(rec.grad_order), set(rec.dead_below),
-                               judged=rec.judged, hists=hists, units=dict(rec.units))
-
-    def _seal(self, upto: int, wait: bool = False) -> None:
-        """Judge the ended steps before `upto` whose figures are all on the host, in step order."""
-        while self._open:
-            figs = self._open[0]
-            if figs.step >= upto or (not wait and any(f is figs for f, _ in self._pending)):
-                break
-            self._open.popleft()
-            self._history.append_step(figs)
-            if figs.loss is not None:
-                self._log_losses.append((figs.step, figs.loss))
-            entry = figs.to_json(self._logged_lrs)
-            if entry is not None:
-                self._log_figures.append(entry)
-                if figs.lrs is not None:
-                    self._logged_lrs = figs.lrs
-            if self._judge is not None:
-                for f in self._judge.judge(figs):
-                    self._to_sinks("finding", f)
-                    if self._strict and f.severity == "error":
-                        raise DiagnosticError(f)
-            s = figs.sampled
-            if s is not None:
-                self._to_sinks("record", figs.step, s.mat, ~np.isnan(s.mat[:, 0]), self._log_losses,
-                               s.hists, self._log_figures)
-                self._log_losses, self._log_figures = [], []
-            elif self._log_losses and self._log_losses[0][0] <= figs.step - 100:
-                self._to_sinks("losses", self._log_losses, self._log_figures)
-                self._log_losses, self._log_figures = [], []
-
-    def _to_sinks(self, method: str, *args: Any) -> None:
-        for sk in self._sinks:
-            try:
-                getattr(sk, method)(*args)
-            except Exception as e:  # noqa: BLE001
-                self._state.fail(f"sink {type(sk).__name__}", e)
 
     # ================================================================== public API
     def step(self, loss: Any = None, val_loss: Any = None) -> None:
@@ -563,7 +484,7 @@ class Probe:
                 self._rerun(rec)
             self._end_step(s)
             self._taps.after_step(s)
-            self._seal(st.step)
+            self._flow.seal(st.step)
             st.charge(st.clock() - t0, rec)
             self._schedule.clock(st.clock(), s, st.own_cheap, rec)
             st.own_cheap = 0.0
@@ -599,103 +520,25 @@ class Probe:
                 # events after the last step (an evaluation after training): a step of their own
                 self._figs.events, st.events = st.events, []
                 self._figs.lrs = self._learning_rates(self._opts) if self._opts else None
-                self._open.append(self._figs)
+                self._flow.open.append(self._figs)
             self._resolve_device_losses(st.step)
             self._resolve_device_losses(st.step)
-            self._finish_pending(st.step, wait=True)
-            self._seal(st.step + 1, wait=True)
+            self._flow.finish_pending(st.step, wait=True)
+            self._flow.seal(st.step + 1, wait=True)
             for f in self._judge.finish() if self._judge is not None else ():
-                self._to_sinks("finding", f)
+                self._flow.to_sinks("finding", f)
         except DiagnosticError:
             raise
         except Exception as e:  # noqa: BLE001
             st.fail("close", e)
         finally:
-            if self._log_losses or self._log_figures:
-                self._to_sinks("losses", self._log_losses, self._log_figures)
-                self._log_losses, self._log_figures = [], []
-            self._to_sinks("close", st.step, self.findings)
+            self._flow.close(st.step, self.findings)
 
     def __enter__(self) -> Probe:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    @property
-    def findings(self) -> list[Finding]:
-        return list(self._judge.findings) if self._judge is not None else []
-
-    def codes(self) -> set[str]:
-        return {f.code for f in self.findings}
-
-    @property
-    def steps(self) -> int:
-        """Steps seen so far."""
-        return self._state.step
-
-    @property
-    def sampled_steps(self) -> np.ndarray:
-        """The steps whose figures `history()` holds."""
-        return self._history.steps
-
-    @property
-    def store(self) -> History:
-        """Everything remembered of the run (figures of the sampled steps, losses, histograms)."""
-        return self._history
-
-    def losses(self) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, loss values) of every step whose loss was seen."""
-        return self._history.losses()
-
-    def names(self, kind: str) -> list[str]:
-        """The watched names of a kind (modules for activations, modules and parameters for
-        gradients, parameters for weights and updates)."""
-        return [r.name for r in self.plan.rows.rows if r.kind == kind]
-
-    def history(self, name: str, kind: str, stat: str) -> np.ndarray:
-        """One figure of one row over the sampled steps (aligned with `sampled_steps`); NaN where
-        the row was not seen. `name` is a module's qualified name ("(root)" for the model) or a
-        parameter's; for a module, weights/updates (and gradients, when the module's output
-        gradient is not watched) aggregate its own parameters. `stat` is one of the fields
-        (count, nan, inf, zeros, min, max, mean, std, l2, absmax, absmean, dead, saturated,
-        ratio) or "rms" / "nonfinite"."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        rows = self.plan.rows
-        row = rows.find(name, kind)
-        if row is not None:
-            return self._history.column(row, stat)
-        members = [i for i, r in enumerate(rows.rows) if r.param and r.kind == kind and r.module == name]
-        if not members:
-            known = sorted({r.name for r in rows.rows if r.kind == kind})
-            raise KeyError(f"no {kind} row named {name!r}; watched: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}")
-        return self._history.aggregate(members, stat)
-
-    def first_batch(self) -> dict[str, Any] | None:
-        """The first batch as the model got it: {"inputs", "targets"} (NumPy, up to 64 examples)."""
-        return self._taps.glimpse.first_batch()
-
-    def predictions(self) -> dict[str, Any] | None:
-        """Predictions on the first batch's first 16 examples over the run: {"steps" [S], "values"
-        [S, 16] (p(true class) if kind == "p_true", else the first output), "kind", "targets", "seconds"}."""
-        return self._taps.glimpse.predictions()
-
-    def summary(self) -> str:
-        """A per-layer table of the latest sampled figures, and the findings."""
-        from ..summary import summary_table
-
-        return summary_table(self.plan, self._history, self.findings, self._state.step)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<nnprobe.Probe {state}: {self._state.step} steps, {len(self.findings)} findings>"
-
-    def report(self, path: str) -> str:
-        """The HTML report of the run so far (the same page as `nnprobe report LOG_DIR`)."""
-        from ..report import from_probe, render
-
-        return str(render(from_probe(self), path))
 
 
 def on_device(loss: Any) -> bool:
