@@ -22,12 +22,27 @@ class Judge:
                 self._by_trigger.setdefault(trigger, []).append(check)
         self._checks = [c for cs in self._by_trigger.values() for c in cs]
         self._checks = [c for k, c in enumerate(self._checks) if c not in self._checks[:k]]
+        self._plain = (self._checks_for(["step"]), self._checks_for(["step", "loss"]))  # by: a loss or not
         self.findings: list[Finding] = []
         self._finished = False
         self._index: dict[tuple[str, str | None], int] = {}
 
     def judge(self, figs: StepFigures) -> list[Finding]:
         """Judge one step's figures; returns the findings raised for the first time."""
+        if not figs.events and figs.sampled is None and figs.val_loss is None:
+            # the every-step path: the checks woken by "step" (and "loss"), worked out once
+            woken = self._plain[figs.loss is not None]
+        else:
+            woken = self._woken(figs)
+        new: list[Finding] = []
+        for check in woken:
+            for r in check.judge(figs):
+                f = self._keep(r)
+                if f is not None:
+                    new.append(f)
+        return new
+
+    def _woken(self, figs: StepFigures) -> list[Check]:
         triggers = ["step"]
         if figs.loss is not None:
             triggers.append("loss")
@@ -40,18 +55,15 @@ class Judge:
         for e in figs.events:
             if e.kind not in triggers:
                 triggers.append(e.kind)
+        return self._checks_for(triggers)
+
+    def _checks_for(self, triggers: list[str]) -> list[Check]:
         woken: list[Check] = []
         for t in triggers:
             for check in self._by_trigger.get(t, ()):
                 if check not in woken:
                     woken.append(check)
-        new: list[Finding] = []
-        for check in woken:
-            for r in check.judge(figs):
-                f = self._keep(r)
-                if f is not None:
-                    new.append(f)
-        return new
+        return woken
 
     def finish(self) -> list[Finding]:
         """The run is over: the verdicts only a whole run gives (once; later calls return [])."""

@@ -154,6 +154,9 @@ class ZeroGradSentinel:
         self.state = state
         self.param = weakref.ref(param)
         self.name = name
+        # a plain float32/float64 CPU parameter: its gradient goes to the core as a NumPy view, no questions
+        self._plain = type(param) is torch.nn.Parameter and param.device.type == "cpu" and param.dtype in (
+            torch.float32, torch.float64)
         self._armed: tuple[Any, int, int] | None = None
         hooks.tensor(param, self._hook)
 
@@ -161,10 +164,14 @@ class ZeroGradSentinel:
         """Is this parameter's gradient non-finite now? A non-finite loss makes every gradient so:
         an every-step check that needs no loss value. On the CPU only (a device would synchronise)."""
         p = self.param()
-        g = None if p is None or p.grad is None else local(p.grad)  # a DTensor's local shard (FSDP2)
-        if g is None or g.device.type != "cpu" or not readable(g):
+        g = None if p is None else p.grad
+        if g is None:
             return False
-        row = core_rows([host_input(g)])[0]  # one pass in the core: several times cheaper than isfinite().all()
+        if not self._plain:
+            g = local(g)  # a DTensor's local shard (FSDP2)
+            if g.device.type != "cpu" or not readable(g):
+                return False
+        row = core_rows([g.detach().numpy() if self._plain else host_input(g)])[0]  # one pass in the core
         return bool(row[NAN] or row[INF])
 
     def arm(self, step: int) -> None:

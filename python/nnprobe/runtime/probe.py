@@ -448,9 +448,9 @@ class Probe(Accessors):
                 self._loss_tensors.append((st.step - 1 if late else st.step, loss.detach().float().mean()))
                 loss = None
             if loss is not None:
-                value = float(loss.detach().float().mean()) if hasattr(loss, "detach") else float(loss)
+                value = _scalar(loss)
             if val_loss is not None:
-                self._figs.val_loss = float(val_loss.detach().float().mean()) if hasattr(val_loss, "detach") else float(val_loss)
+                self._figs.val_loss = _scalar(val_loss)
             if self._opts:
                 if value is None:
                     return
@@ -539,6 +539,13 @@ class Probe(Accessors):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _scalar(loss: Any) -> float:
+    """A loss as a number: a one-element tensor by item() (one call), a larger one by its mean."""
+    if not hasattr(loss, "detach"):
+        return float(loss)
+    return float(loss.item()) if loss.numel() == 1 else float(loss.detach().float().mean())
 
 
 def on_device(loss: Any) -> bool:
