@@ -340,7 +340,11 @@ def run(name: str, quick: bool, tmp: str, peers: bool) -> dict[str, Any]:
             if c != "bare":
                 # the ratio to the bare loop of the same round, median over rounds: neighbours on a
                 # shared machine come and go slower than a round
-                res[f"ratio {c}"] = statistics.median(a / b for a, b in zip(v, times["bare"]))
+                per_round = sorted(a / b for a, b in zip(v, times["bare"]))
+                res[f"ratio {c}"] = statistics.median(per_round)
+                # the middle half of the per-round ratios: the spread the median is read against
+                q = len(per_round) // 4
+                res[f"spread {c}"] = (per_round[q], per_round[-1 - q])
         bare = trainers["bare"].losses
         if k == 0:
             for c in ("watch default", "watch every=1"):
@@ -360,7 +364,10 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     names = args.only.split(",")
@@ -385,14 +392,20 @@ def main() -> None:
 
     load = os.getloadavg()
     cmd = ("python benches/bench_watch.py" + (" --quick" if args.quick else "")
-           + (f" --only {args.only}" if args.only != "mlp,cnn,gpt" else ""))
+           + (f" --only {args.only}" if args.only != "mlp,cnn,gpt" else "")
+           + (f" --threads {args.threads}" if args.threads else "") + (" --no-peers" if args.no_peers else ""))
     head = ("| workload | bare ms/step | watch default | watch every=1 | wandb log=all | TB histograms | sampled (default) "
             "| core / floor | core, histogram step | every=1 extra / floor | peak RSS default / every=1 |")
     table = [head, "|" + "---|" * 11]
     for ln in rows:
         res = ln["res"]
         b = res["bare"]
-        ratio = lambda c, res=res: f"{res['ratio ' + c]:.3f}x" if c in res else "-"
+        def ratio(c: str, res: dict[str, Any] = res) -> str:
+            if c not in res:
+                return "-"
+            lo, hi = res.get(f"spread {c}", (math.nan, math.nan))
+            return f"{res['ratio ' + c]:.3f}x ({lo:.3f}-{hi:.3f})"
+
         extra = (res["watch every=1"] - b) * 1e3
         rss = ln.get("rss")
         mem = f"{rss['watch default'] / rss['bare']:.3f}x / {rss['watch every=1'] / rss['bare']:.3f}x" if rss else "-"
@@ -410,6 +423,8 @@ def main() -> None:
         "Time per step as a ratio to the bare loop: each round times every configuration in turn, the ratio to "
         "the bare loop of the same round is taken, and the median over rounds reported (the peers against a bare "
         "loop timed in their own phase: their background writers would slow whatever runs next). "
+        "Ratios: the median over rounds of each round's ratio to the bare loop of the same round, with the "
+        "middle half of the per-round ratios in brackets. "
         "`core / floor`: time inside the core's passes on a sampled step (median; steps without histograms) against "
         "reading the watched bytes once at the read bandwidth; `core, histogram step`: the same on the one sampled "
         "step in ten that also takes histograms of activations and gradients. `every=1 extra`: what statistics on "
@@ -427,7 +442,7 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        write_section("watch() overhead", body)
+        write_section(f"watch() overhead, {torch.get_num_threads()} torch thread(s)", body)
 
 
 if __name__ == "__main__":
