@@ -340,11 +340,11 @@ def run(name: str, quick: bool, tmp: str, peers: bool) -> dict[str, Any]:
             if c != "bare":
                 # the ratio to the bare loop of the same round, median over rounds: neighbours on a
                 # shared machine come and go slower than a round
-                per_round = sorted(a / b for a, b in zip(v, times["bare"]))
-                res[f"ratio {c}"] = statistics.median(per_round)
+                ordered = sorted(a / b for a, b in zip(v, times["bare"]))
+                res[f"ratio {c}"] = statistics.median(ordered)
                 # the middle half of the per-round ratios: the spread the median is read against
-                q = len(per_round) // 4
-                res[f"spread {c}"] = (per_round[q], per_round[-1 - q])
+                q = len(ordered) // 4
+                res[f"spread {c}"] = (ordered[q], ordered[-1 - q])
         bare = trainers["bare"].losses
         if k == 0:
             for c in ("watch default", "watch every=1"):
