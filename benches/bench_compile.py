@@ -91,7 +91,8 @@ def main() -> None:
     assert watched.losses == bare.losses, "the watched copy trained differently"
     assert watched.probe is not None
     watched.probe.close()
-    assert not watched.probe.findings, watched.probe.findings
+    loud = [f for f in watched.probe.findings if f.severity != "info"]  # a benchmark never evaluates: no-validation is info
+    assert not loud, loud
     ratios = [w / b for w, b in zip(times["watch default"], times["bare"])]
     med_b, med_w = statistics.median(times["bare"]), statistics.median(times["watch default"])
     lo, hi = min(ratios), max(ratios)
@@ -106,7 +107,7 @@ def main() -> None:
             f"(median {statistics.median(ratios):.3f}) | {counted['watch default']} |\n\n"
             f"- Target (SPEC section 11) at most 1.05x: **{'met' if med_w / med_b <= 1.05 else 'missed'}**. The watched "
             f"copy sampled {len(watched.probe.sampled_steps)} of {watched.probe.steps} steps; its losses equal the bare "
-            "copy's bit for bit, and it found nothing.\n")
+            "copy's bit for bit, and it found nothing above info.\n")
     print(body)
     if not args.no_write:
         write_section("watch() on a compiled model", body)
