@@ -238,9 +238,9 @@ class Trainer:
 def watched_elements(probe: Any) -> int:
     """Elements the statistics read on one sampled step: every row's count, and the update
     samples twice (the difference and the weights before)."""
-    mats = probe._history.matrices
+    mats = probe.store.matrices
     counts = np.nan_to_num(mats[-1, :, 0].astype(np.float64))
-    upd = [i for i, r in enumerate(probe._rows.rows) if r.kind == "updates"]
+    upd = [i for i, r in enumerate(probe.plan.rows.rows) if r.kind == "updates"]
     return int(counts.sum() + counts[upd].sum())
 
 
@@ -262,10 +262,11 @@ def bandwidth() -> tuple[float, float, float]:
 
 def core_time_per_sampled_step(name: str, steps: int) -> tuple[float, int]:
     """Seconds inside the core's passes per sampled step (every=1), and elements watched."""
+    import nnprobe.core as C
     import nnprobe.runtime.record as R
 
     spent = [0.0]
-    orig_rows, orig_many = R.core_rows, R._core.stats_many
+    orig_rows, orig_many = R.core_rows, C.stats_many
 
     def timed(f):
         def g(*a, **k):
@@ -279,17 +280,18 @@ def core_time_per_sampled_step(name: str, steps: int) -> tuple[float, int]:
     tr = Trainer(name, "watch every=1", tempfile.gettempdir())
     tr.steps(3)
     R.core_rows = timed(orig_rows)
-    R._core = type("C", (), {"stats_many": staticmethod(timed(orig_many)), "stats_array": orig_rows, "HIST_BINS": 64})
+    C.stats_many = timed(orig_many)
     plain: list[float] = []
     hist: list[float] = []
     try:
         for _ in range(steps):
             spent[0] = 0.0
-            with_hist = tr.probe._record is not None and tr.probe._record.hist
+            rec = tr.probe._state.record
+            with_hist = rec is not None and rec.hist
             tr.steps(1)
             (hist if with_hist else plain).append(spent[0])
     finally:
-        R.core_rows, R._core = orig_rows, _core
+        R.core_rows, C.stats_many = orig_rows, orig_many
     elems = watched_elements(tr.probe)
     tr.close()
     return statistics.median(plain), statistics.median(hist) if hist else math.nan, elems
