@@ -39,34 +39,18 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 import nnprobe  # noqa: E402
 from _results import RESULTS, machine, write_section  # noqa: E402
+from bench_watch import GPTBlock  # noqa: E402
 
 GPT2_SMALL = {"vocab": 50257, "d": 768, "heads": 12, "layers": 12, "block": 1024, "batch": 8}
 TINY = {"vocab": 97, "d": 32, "heads": 2, "layers": 2, "block": 32, "batch": 4}
 TARGET = 1.02
 
 
-class Block(nn.Module):
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc, self.act, self.out = nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)
-        self.heads = heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.out(self.act(self.fc(self.ln2(x))))
-
-
 class GPT(nn.Module):
     def __init__(self, vocab: int, d: int, heads: int, layers: int, block: int, **_: Any) -> None:
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(block, d)
-        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(GPTBlock(d, heads, dropout=0.0) for _ in range(layers))  # the reference block
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.tok.weight  # tied, as in GPT-2

@@ -54,7 +54,7 @@ from nnprobe import _core  # noqa: E402
 
 # --------------------------------------------------------------------------------- workloads
 class GPTBlock(nn.Module):
-    def __init__(self, d: int, heads: int) -> None:
+    def __init__(self, d: int, heads: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
@@ -63,7 +63,7 @@ class GPTBlock(nn.Module):
         self.fc = nn.Linear(d, 4 * d)
         self.act = nn.GELU()
         self.out = nn.Linear(4 * d, d)
-        self.drop = nn.Dropout(0.1)
+        self.drop = nn.Dropout(dropout)
         self.heads = heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
