@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures import models as Z
-from fixtures.spawn import two_ranks
+from fixtures.spawn import join_gloo, two_ranks
 from nnprobe.report.logfile import log_files
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
@@ -32,10 +32,7 @@ def worker(rank, world, port, outdir):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         torch.manual_seed(0)
         model = DDP(Z.mlp())

@@ -20,7 +20,7 @@ import nnprobe
 import numpy as np
 import pytest
 import torch
-from fixtures.spawn import two_ranks
+from fixtures.spawn import join_gloo, two_ranks
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
@@ -61,10 +61,7 @@ def worker(rank, world, port, outdir):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         X, y = data()
         batches = [(X[(2 * s + rank) * BS:(2 * s + rank + 1) * BS], y[(2 * s + rank) * BS:(2 * s + rank + 1) * BS])
